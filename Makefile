@@ -1,0 +1,49 @@
+# maas: the two commands of the README's quick start, and a few helpers.
+#   make pipeline   create .venv if missing, then rebuild the whole pipeline (dvc repro)
+#   make test       create .venv if missing, then run the whole test suite
+# Everything runs from the project's own virtualenv; nothing is installed globally.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv pipeline test lab lint bench lock clean-venv
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+# The stamp depends on the pins and the project metadata: change either and the next
+# command brings the environment up to date.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)  ## create or update .venv from requirements.lock
+
+pipeline: $(STAMP)  ## run the whole pipeline with the default, full-size parameters
+	$(BIN)/dvc repro
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lab: $(STAMP)  ## open JupyterLab on the project kernel "maas"
+	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)"
+	cd notebooks && ../$(BIN)/jupyter lab
+
+lint: $(STAMP)  ## ruff: lint and format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
+	$(BIN)/python benchmarks/pipeline.py
+
+lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^maas' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean-venv:  ## remove .venv
+	rm -rf $(VENV)

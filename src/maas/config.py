@@ -1,0 +1,268 @@
+"""Typed, frozen configuration read from ``params.yaml``: the one home of every parameter.
+
+``params.yaml`` has one section per pipeline stage. :func:`load_params` reads it into the
+frozen dataclasses below and rejects unknown, missing or ill-typed keys with a message that
+names the key (``train.batch_size: expected an integer, got 'big'``). Defaults live in
+``params.yaml`` only: the dataclasses have no default values on purpose.
+
+Paths are not parameters: :class:`Paths` derives every file location from the project root
+(the folder that holds ``params.yaml``), so notebooks run the same from ``notebooks/`` in
+JupyterLab and from the repository root under ``dvc repro``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
+STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
+
+
+class ConfigError(ValueError):
+    """A parameter file or an override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    categories: tuple[str, ...] | None  # None: all 20 newsgroups
+    remove: tuple[str, ...]  # parts of each post to strip: headers, footers, quotes
+    validation_fraction: float  # share of the training posts held out for validation
+    seed: int
+    vocabulary_size: int  # including the padding and out-of-vocabulary entries
+    sequence_length: int  # tokens kept per post (the first ones), padded with zeros
+    max_documents_per_class: int | None  # None: every post; small numbers for quick runs
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.validation_fraction < 0.5, "data.validation_fraction", "in (0, 0.5)")
+        _check(self.vocabulary_size >= 3, "data.vocabulary_size", ">= 3")
+        _check(self.sequence_length >= 1, "data.sequence_length", ">= 1")
+        for part in self.remove:
+            _check(part in NEWSGROUPS_REMOVABLE, "data.remove", f"items in {NEWSGROUPS_REMOVABLE}")
+        if self.max_documents_per_class is not None:
+            _check(self.max_documents_per_class >= 2, "data.max_documents_per_class", ">= 2")
+        if self.categories is not None:
+            _check(len(self.categories) >= 2, "data.categories", "at least two names or null")
+
+
+@dataclass(frozen=True)
+class DistributeParams:
+    strategy: Literal["one_device", "mirrored", "multi_worker", "parameter_server"]
+    replicas: int  # mirrored: devices (logical CPU devices when there is no GPU)
+    workers: int  # multi_worker and parameter_server: worker processes
+    parameter_servers: int  # parameter_server: ps tasks that hold the embedding shards
+
+    def __post_init__(self) -> None:
+        _check(self.replicas >= 1, "train.distribute.replicas", ">= 1")
+        _check(self.workers >= 1, "train.distribute.workers", ">= 1")
+        _check(self.parameter_servers >= 1, "train.distribute.parameter_servers", ">= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    embedding_dim: int
+    lstm_units: int
+    bidirectional: bool
+    dropout: float
+    batch_size: int  # global batch size, split across replicas
+    epochs: int  # an upper bound: early stopping usually ends training sooner
+    learning_rate: float
+    early_stopping_patience: int  # epochs without a better validation loss before stopping
+    seed: int
+    distribute: DistributeParams
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "lstm_units", "batch_size", "epochs"):
+            _check(getattr(self, key) >= 1, f"train.{key}", ">= 1")
+        _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)")
+        _check(self.learning_rate > 0, "train.learning_rate", "> 0")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", ">= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    baseline_c: float  # LinearSVC regularisation of the TF-IDF baseline
+    baseline_max_features: int | None  # TF-IDF vocabulary cap; None: no cap
+
+    def __post_init__(self) -> None:
+        _check(self.baseline_c > 0, "evaluate.baseline_c", "> 0")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file location of the project, derived from its root."""
+
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"
+
+    def split(self, name: str) -> Path:
+        return self.processed_dir / f"{name}.jsonl"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.processed_dir / "tokenizer.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.models_dir / "classifier"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.reports_dir / "metrics"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.reports_dir / "figures"
+
+    @property
+    def dvclive_dir(self) -> Path:
+        return self.reports_dir / "train"
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None
+) -> Params:
+    """Read ``params.yaml`` into typed, frozen parameters.
+
+    Args:
+        path: the parameter file.
+        overrides: dotted keys applied on top of the file, e.g. ``{"train.epochs": 2}``.
+
+    Raises:
+        ConfigError: the file is missing or does not fit the schema; the message names the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file not found: {path.resolve()}")
+    with path.open(encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return _build(Params, raw, prefix="")
+
+
+def project_paths(params_file: str | Path = "params.yaml") -> Paths:
+    """The project's paths, rooted at the folder that holds ``params_file``."""
+    return Paths(Path(params_file).resolve().parent)
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-ready data for a parameter object (for provenance records)."""
+    return _plain(dataclasses.asdict(params))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _check(ok: bool, key: str, expectation: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {expectation}")
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    if leaf not in node:
+        raise ConfigError(f"override {dotted!r}: unknown key")
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {fields})")
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}: missing key")
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in fields}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [arg for arg in args if arg is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return tuple(_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"{key}: unsupported type in schema: {hint!r}")  # a bug in this module
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"

@@ -1,0 +1,54 @@
+"""The text classifier: token ids -> Embedding -> (Bi)LSTM -> max over time -> softmax.
+
+The seed's model read the LSTM's last state and ended in a single sigmoid unit, which can
+only tell two classes apart. Here the output layer has one softmax unit per newsgroup, and
+the LSTM's outputs are max-pooled over time: every step of a long post can contribute, not
+only the last one. Padding (id 0) is masked, so the LSTM skips it and the pool ignores it.
+"""
+
+from __future__ import annotations
+
+import tf_keras as keras
+
+INPUT_NAME = "token_ids"
+
+
+def build_classifier(
+    *,
+    vocabulary_size: int,
+    sequence_length: int,
+    n_classes: int,
+    embedding_dim: int = 128,
+    lstm_units: int = 64,
+    bidirectional: bool = True,
+    dropout: float = 0.3,
+    name: str = "classifier",
+) -> keras.Model:
+    """A Functional Keras model from token ids ``(batch, sequence_length)`` to class probabilities.
+
+    Raises:
+        ValueError: a size that cannot make a model.
+    """
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    if vocabulary_size < 3 or sequence_length < 1:
+        raise ValueError("vocabulary_size must be >= 3 and sequence_length >= 1")
+    token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
+    x = keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True, name="embedding")(
+        token_ids
+    )
+    lstm = keras.layers.LSTM(lstm_units, return_sequences=True, name="lstm")
+    x = keras.layers.Bidirectional(lstm, name="bilstm")(x) if bidirectional else lstm(x)
+    x = keras.layers.GlobalMaxPooling1D(name="max_over_time")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(token_ids, probabilities, name=name)
+
+
+def compile_classifier(model: keras.Model, *, learning_rate: float) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

@@ -1,0 +1,31 @@
+"""Small helpers that turn results into tables for notebooks and Markdown reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (dicts), columns in the order given or first seen."""
+    if not rows:
+        return "_(no rows)_"
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def key_value_table(mapping: Mapping[str, Any], key: str = "name", value: str = "value") -> str:
+    """A two-column Markdown table of a flat mapping."""
+    return markdown_table([{key: k, value: v} for k, v in mapping.items()], [key, value])

@@ -1,0 +1,70 @@
+"""Shared fixtures: the offline corpus, a small parameter set, and a small trained project.
+
+Tests use small parameter sets (three newsgroups, a few dozen posts each, a tiny model), never
+the full-size run. The expensive fixtures are session-scoped and built once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "data" / "scikit_learn_data"
+
+# Point scikit-learn at the offline copy of the corpus, unless the caller chose a data home.
+if "SCIKIT_LEARN_DATA" not in os.environ and SHARED_CORPUS.is_dir():
+    os.environ["SCIKIT_LEARN_DATA"] = str(SHARED_CORPUS)
+
+import maas  # noqa: E402,F401  (selects Keras 2 before any test imports TensorFlow)
+
+SMALL_OVERRIDES = {
+    "data": {
+        "categories": ["rec.autos", "sci.space", "talk.politics.guns"],
+        "max_documents_per_class": 60,
+        "vocabulary_size": 2000,
+        "sequence_length": 64,
+    },
+    "train": {"embedding_dim": 16, "lstm_units": 8, "epochs": 2, "batch_size": 32},
+}
+
+
+def small_params_dict() -> dict:
+    """``params.yaml`` with the small overrides applied (a fresh copy every call)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in SMALL_OVERRIDES.items():
+        params[section].update(values)
+    return params
+
+
+def write_project(target: Path, params: dict | None = None) -> Path:
+    """A project folder with the notebooks and a (small) ``params.yaml``."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "notebooks", target / "notebooks", dirs_exist_ok=True)
+    (target / "reports" / "notebooks").mkdir(parents=True, exist_ok=True)
+    (target / "params.yaml").write_text(yaml.safe_dump(params or small_params_dict()))
+    return target
+
+
+@pytest.fixture(scope="session")
+def corpus_available() -> None:
+    home = Path(os.environ.get("SCIKIT_LEARN_DATA", Path.home() / "scikit_learn_data"))
+    if not (home / "20news-bydate_py3.pkz").is_file():
+        pytest.skip("20 Newsgroups cache not found: set SCIKIT_LEARN_DATA (see README)")
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory, corpus_available) -> Path:
+    """A project that has run the data and train stages on the small parameter set."""
+    from maas import config, data, train
+
+    root = write_project(tmp_path_factory.mktemp("project"))
+    params = config.load_params(root / "params.yaml")
+    paths = config.project_paths(root / "params.yaml")
+    data.prepare(params.data, paths)
+    train.run(params.train, paths, progress=False)
+    return root
