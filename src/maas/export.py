@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, sha256_tree, write_json
+from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
 from maas.tokenizer import PAD_ID, UNK_ID, Tokenizer
 
 SAVED_MODEL_DIR = "saved_model"
@@ -132,9 +132,7 @@ def export_classifier(
             metrics=metrics,
             extra={
                 "tokenizer_fingerprint": tokenizer.fingerprint(),
-                "files": {
-                    p.name: sha256_tree(p) for p in sorted(out.iterdir()) if p.name[0] != "."
-                },
+                "files": file_hashes(out),
             },
             root=root,
         )

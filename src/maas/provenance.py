@@ -44,6 +44,41 @@ def sha256_tree(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_hashes(directory: str | Path) -> dict[str, str]:
+    """``{name: sha256}`` of every top-level entry of an artifact folder but its provenance.
+
+    Folders (a SavedModel) get one :func:`sha256_tree` hash; hidden entries are skipped.
+    """
+    return {
+        item.name: sha256_tree(item)
+        for item in sorted(Path(directory).iterdir())
+        if not item.name.startswith(".") and item.name != PROVENANCE_FILE
+    }
+
+
+def verify_files(directory: str | Path) -> list[str]:
+    """Check an artifact folder against the file hashes in its ``provenance.json``.
+
+    Returns the problems found (empty when the folder is intact): a missing or unreadable
+    provenance record, a missing file, or a file whose hash differs (corrupt or truncated).
+    """
+    directory = Path(directory)
+    try:
+        recorded = read_json(directory / PROVENANCE_FILE)["files"]
+    except FileNotFoundError:
+        return [f"{directory}: no {PROVENANCE_FILE}"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [f"{directory / PROVENANCE_FILE}: unreadable or without file hashes ({error})"]
+    problems = []
+    for name, digest in recorded.items():
+        path = directory / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif sha256_tree(path) != digest:
+            problems.append(f"{path}: content differs from its recorded hash (corrupt?)")
+    return problems
+
+
 def git_revision(cwd: str | Path | None = None) -> str | None:
     """The commit of the code that made an artifact, with ``-dirty`` for local changes."""
     try:
