@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,25 +63,23 @@ def tfidf_baseline(
     return pipeline.predict(test.texts), time.perf_counter() - start
 
 
-def predict_texts(classifier, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Class probabilities from a callable that maps texts to ``{"probabilities": ...}``."""
-    chunks = [
-        classifier(texts[i : i + batch_size])["probabilities"]
-        for i in range(0, len(texts), batch_size)
-    ]
+def predict_texts(
+    predict: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities for ``texts``, in batches, from a texts-to-probabilities callable."""
+    chunks = [predict(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     return np.concatenate(chunks, axis=0)
 
 
 def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:
     """The evaluate stage: returns the full report and writes ``reports/metrics/evaluate.json``."""
-    from maas.export import SavedClassifier
-    from maas.tokenizer import Tokenizer
+    from maas.runtime import load_runtime
 
-    tokenizer = Tokenizer.load(paths.classifier_dir / "tokenizer.json")
-    labels = tokenizer.labels
+    runtime = load_runtime(paths.classifier_dir)  # verifies the files against provenance
+    labels = runtime.labels
     train, test = read_split(paths.split("train")), read_split(paths.split("test"))
     start = time.perf_counter()
-    probabilities = predict_texts(SavedClassifier(paths.classifier_dir), test.texts)
+    probabilities = predict_texts(runtime.predict, test.texts)
     model_seconds = time.perf_counter() - start
     model = classification_metrics(test.labels, probabilities.argmax(axis=1), labels)
     baseline_pred, baseline_seconds = tfidf_baseline(

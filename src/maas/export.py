@@ -16,11 +16,10 @@ and returns ``probabilities`` (batch, classes), ``class_ids`` and ``labels``; th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -146,22 +145,6 @@ def load_keras_model(directory: str | Path) -> keras.Model:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train stage first (dvc repro train)")
     return keras.models.load_model(path)
-
-
-class SavedClassifier:
-    """An exported classifier's SavedModel, called on raw texts (no Keras, no training code)."""
-
-    def __init__(self, directory: str | Path) -> None:
-        path = Path(directory) / SAVED_MODEL_DIR
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} not found: run the train stage first")
-        self._loaded = tf.saved_model.load(str(path))  # keeps the variables alive
-        self._serve = self._loaded.signatures["serving_default"]
-
-    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """``probabilities`` (n, classes), ``class_ids`` (n,) and ``labels`` (n,) as numpy."""
-        outputs = self._serve(texts=tf.constant(list(texts), dtype=tf.string))
-        return {name: value.numpy() for name, value in outputs.items()}
 
 
 def read_history(directory: str | Path) -> dict[str, list[float]]:
