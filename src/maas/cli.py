@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module, one-line help). Modules are imported lazily.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("maas.serving.cli", "serve a model repository over HTTP (TF Serving v1, OIP v2)"),
+    "models": ("maas.registry_cli", "model versions: list, show, register, promote, rollback"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,11 @@ class TFLiteRuntime(Runtime):
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
-        self._batch = int(self._input["shape"][0])  # fixed batch the model was converted with
+        # A model converted with a fixed batch B is fed in chunks of B rows, padded; one whose
+        # batch dimension is dynamic (-1 in the shape signature) is resized to each batch.
+        signature = self._input.get("shape_signature", self._input["shape"])
+        self.dynamic_batch = int(signature[0]) == -1
+        self._batch = int(self._input["shape"][0])
         self._lock = threading.Lock()  # an interpreter is not safe to call concurrently
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
@@ -96,10 +100,24 @@ class TFLiteRuntime(Runtime):
             out = (out.astype(np.float32) - zero_point) * scale
         return out.astype(np.float32)
 
+    def _resize(self, batch: int) -> None:
+        """Give a dynamic-batch interpreter room for ``batch`` rows (only when it changes)."""
+        if batch == self._batch:
+            return
+        length = int(self._input["shape"][1])
+        self._interpreter.resize_tensor_input(self._input["index"], [batch, length])
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = batch
+
     def _predict(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer.encode(texts)
         rows = []
         with self._lock:
+            if self.dynamic_batch:
+                self._resize(len(ids))
+                return self._run(ids)
             for start in range(0, len(ids), self._batch):
                 chunk = ids[start : start + self._batch]
                 padded = np.zeros((self._batch, ids.shape[1]), dtype=np.int32)

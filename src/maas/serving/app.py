@@ -1,0 +1,220 @@
+"""The FastAPI application: routers, middleware, error handlers and the repository's lifespan.
+
+:func:`create_app` builds the app from a :class:`ServerConfig`. Its lifespan loads every
+model before the first request is served, then polls the repository in the background
+(loading in a worker thread, so requests keep flowing) and, at shutdown, lets the batchers
+finish the requests they hold. Middleware, outermost first: metrics and access log, API
+keys, JSON content type, body size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from maas import __version__
+from maas.serving import protocol_v1, protocol_v2, seed_api
+from maas.serving.auth import ApiKeyMiddleware, KeyChecker
+from maas.serving.batching import DirectPredictor, DynamicBatcher
+from maas.serving.errors import ServingError
+from maas.serving.limits import DEFAULT_LIMITS, BodySizeLimitMiddleware, Limits
+from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
+from maas.serving.repository import END, LoadedVersion, ModelRepository
+from maas.serving.schemas import FastJSONResponse
+from maas.serving.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server is told on its command line (the defaults of ``maas serve``)."""
+
+    model_repository: Path
+    poll_interval_s: float = 2.0  # 0: load once, never poll
+    default_policy: str = "latest"  # for models without a config.yaml: latest | all
+    default_model: str | None = None  # the seed API's model; None: the only model
+    batching: bool = True
+    max_batch_size: int = 32
+    batch_timeout_s: float = 0.005  # the longest a request waits for its batch to fill
+    api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests; empty: no keys needed
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s < 0:
+            raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.batch_timeout_s < 0:
+            raise ValueError(f"batch_timeout_s must be >= 0, got {self.batch_timeout_s}")
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The server application for ``config`` (models load when its lifespan starts)."""
+    if not Path(config.model_repository).is_dir():
+        raise FileNotFoundError(f"model repository not found: {config.model_repository}")
+    metrics = Metrics()
+
+    def make_predictor(loaded: LoadedVersion) -> DirectPredictor | DynamicBatcher:
+        def observe(size: int, seconds: float) -> None:
+            metrics.observe_batch(loaded.model, loaded.version, size, seconds)
+
+        if not config.batching:
+            return DirectPredictor(loaded.runtime.predict, observe=observe)
+        return DynamicBatcher(
+            loaded.runtime.predict,
+            max_batch_size=config.max_batch_size,
+            max_wait_s=config.batch_timeout_s,
+            observe=observe,
+        )
+
+    warmup = (1, config.max_batch_size) if config.batching else (1,)
+    repository = ModelRepository(
+        config.model_repository,
+        default_policy=config.default_policy,
+        make_predictor=make_predictor,
+        warmup_batch_sizes=tuple(sorted(set(warmup))),
+    )
+    state = ServerState(repository, config.limits, metrics, config.default_model)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _poll_once(state)
+        poller = None
+        if config.poll_interval_s > 0:
+            poller = asyncio.create_task(_poll_forever(state, config.poll_interval_s))
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            for name in repository.model_names():
+                for loaded in repository.served(name).values():
+                    await loaded.predictor.close()
+
+    app = FastAPI(
+        title="maas model server",
+        version=__version__,
+        description=(
+            "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
+            "Protocol (v2) and the seed's `POST /predict`."
+        ),
+        lifespan=lifespan,
+        strict_content_type=False,
+    )
+    app.state.maas = state
+    app.include_router(protocol_v1.router)
+    app.include_router(protocol_v2.router)
+    app.include_router(seed_api.router)
+    app.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], include_in_schema=False)
+    _add_error_handlers(app)
+    # add_middleware wraps the app: the last one added is the outermost.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(JsonContentTypeMiddleware)
+    app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(config.api_key_hashes))
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+async def _metrics_endpoint(request: Request) -> Response:
+    state: ServerState = request.app.state.maas
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _poll_once(state: ServerState) -> None:
+    dropped = await asyncio.to_thread(state.repository.poll)
+    for loaded in dropped:
+        await loaded.predictor.close()  # finishes the requests it holds
+    _update_model_gauges(state)
+
+
+async def _poll_forever(state: ServerState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _poll_once(state)
+        except Exception:  # a vanished folder, a full disk: log, keep serving, retry
+            log.exception("polling the model repository failed")
+
+
+def _update_model_gauges(state: ServerState) -> None:
+    repository = state.repository
+    counts = {}
+    for name in repository.model_names():
+        failed = sum(s.state == END and bool(s.error) for s in repository.status(name))
+        counts[name] = (len(repository.served(name)), failed)
+    state.metrics.set_model_gauges(counts)
+
+
+class JsonContentTypeMiddleware:
+    """Reads every request body as JSON, whatever its declared type.
+
+    ``curl -d`` declares ``application/x-www-form-urlencoded``; TensorFlow Serving's
+    documented examples rely on the body being read as JSON all the same.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, error: ServingError) -> Response:
+        return FastJSONResponse({"error": error.message}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return FastJSONResponse({"error": describe_validation(error)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = f"not found: {request.method} {request.url.path[:200]}"
+        elif error.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path[:200]}"
+        elif isinstance(error.__cause__, UnicodeDecodeError):
+            message = "request body is not valid UTF-8"
+        return FastJSONResponse(
+            {"error": message}, status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return FastJSONResponse({"error": "internal server error"}, status_code=500)
+
+
+def describe_validation(error: RequestValidationError) -> str:
+    """One line for a request that does not fit the schema (the first problem found)."""
+    problems = error.errors()
+    if not problems:
+        return "invalid request"
+    first = problems[0]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return f"request body is not valid JSON: {detail}".rstrip(": ")
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    if kind == "missing" and where == "body":
+        return "request body is missing: send a JSON object"
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"invalid request: {where}: {first.get('msg', 'invalid')}{more}"

@@ -1,0 +1,200 @@
+"""Serve a model repository over HTTP(S): TensorFlow Serving REST (v1), the Open Inference
+Protocol (v2) and the seed's POST /predict, with dynamic batching, API keys, TLS and
+Prometheus metrics. The repository has TensorFlow Serving's layout, DIR/<model>/<version>/,
+and is reloaded while the server runs.
+
+Examples:
+  maas serve --model-repository models/repository --port 8501
+  maas serve --model-repository models/repository --api-key-file keys.txt \\
+      --tls-cert server.pem --tls-key server.key
+  echo -n "$KEY" | maas serve --hash-api-key >> keys.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+from pathlib import Path
+
+from maas.serving.auth import hash_key, keys_from_env, read_key_file
+from maas.serving.limits import DEFAULT_LIMITS, Limits
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        metavar="DIR",
+        help="repository folder: DIR/<model>/<version>/ artifact folders",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0 for all)",
+    )
+    parser.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
+    versions = parser.add_argument_group("versions")
+    versions.add_argument(
+        "--poll-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to look for new, removed or relabelled versions "
+        "(default: %(default)s; 0: never)",
+    )
+    versions.add_argument(
+        "--version-policy",
+        choices=("latest", "all"),
+        default="latest",
+        help="for models without a config.yaml (default: %(default)s)",
+    )
+    versions.add_argument(
+        "--default-model",
+        metavar="NAME",
+        help="model of POST /predict when a request names none (default: the only model)",
+    )
+    batching = parser.add_argument_group("dynamic batching")
+    batching.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="texts per model call at most (default: %(default)s)",
+    )
+    batching.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for a batch to fill (default: %(default)s)",
+    )
+    batching.add_argument(
+        "--no-batching", action="store_true", help="run every request on its own"
+    )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="hashed API keys, one 'sha256:<hex>' per line; "
+        "requests then need 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+    )
+    security.add_argument(
+        "--api-keys-env",
+        metavar="VAR",
+        help="also accept the comma-separated keys in this environment variable",
+    )
+    security.add_argument(
+        "--hash-api-key",
+        action="store_true",
+        help="print the key-file line for the key on standard input, and exit",
+    )
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's key")
+    security.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_body_bytes,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    security.add_argument(
+        "--max-texts",
+        type=int,
+        default=DEFAULT_LIMITS.max_texts,
+        help="texts per request at most (default: %(default)s)",
+    )
+    security.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=DEFAULT_LIMITS.max_text_chars,
+        help="characters per text at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="at shutdown, how long in-flight requests may take (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.hash_api_key:
+        print(hash_key(sys.stdin.read().strip()))
+        return 0
+    if args.model_repository is None:
+        log.error("--model-repository is required")
+        return 2
+    try:
+        config = build_config(args)
+        ssl_files = check_tls(args.tls_cert, args.tls_key)
+    except (OSError, ValueError, ssl.SSLError) as error:
+        log.error("%s", error)
+        return 2
+    import uvicorn
+
+    from maas.serving.app import create_app
+
+    app = create_app(config)
+    scheme = "https" if ssl_files else "http"
+    log.info("serving %s on %s://%s:%d", args.model_repository, scheme, args.host, args.port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            ssl_certfile=ssl_files[0] if ssl_files else None,
+            ssl_keyfile=ssl_files[1] if ssl_files else None,
+            access_log=False,  # maas.access logs one structured line per request instead
+            log_config=None,  # keep the logging set up by `maas`
+            timeout_graceful_shutdown=args.graceful_timeout,
+        )
+    )
+    server.run()
+    return 0
+
+
+def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily: FastAPI)
+    from maas.serving.app import ServerConfig
+
+    hashes: list[bytes] = []
+    if args.api_key_file is not None:
+        hashes += read_key_file(args.api_key_file)
+        if not hashes:
+            raise ValueError(f"{args.api_key_file}: no key hashes in the file")
+    if args.api_keys_env:
+        if not os.environ.get(args.api_keys_env):
+            raise ValueError(f"environment variable {args.api_keys_env} is empty or unset")
+        hashes += keys_from_env(args.api_keys_env)
+    return ServerConfig(
+        model_repository=args.model_repository,
+        poll_interval_s=args.poll_interval,
+        default_policy=args.version_policy,
+        default_model=args.default_model,
+        batching=not args.no_batching,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_s=args.batch_timeout_ms / 1000,
+        api_key_hashes=tuple(hashes),
+        limits=Limits(
+            max_body_bytes=args.max_body_bytes,
+            max_texts=args.max_texts,
+            max_text_chars=args.max_text_chars,
+        ),
+    )
+
+
+def check_tls(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
+    """The TLS files, checked to load as a pair; None without TLS."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile=str(cert), keyfile=str(key))  # clear error if mismatched
+    return str(cert), str(key)

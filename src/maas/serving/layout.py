@@ -1,0 +1,168 @@
+"""The model repository on disk: TensorFlow Serving's layout, ``config.yaml``, publishing.
+
+Layout (CONTRACTS.md §3)::
+
+    DIR/<model-name>/<integer version>/   an artifact folder (copied byte for byte)
+    DIR/<model-name>/config.yaml          optional: version policy and labels
+
+``config.yaml``::
+
+    version_policy: latest     # latest (default) | all | specific
+    versions: [3]              # with `specific`: exactly these versions are served
+    labels: {stable: 2, canary: 3}
+
+Model names match ``MODEL_NAME``; version folders are canonical non-negative integers.
+Anything else in the folder (hidden folders such as the temporary sibling that
+:func:`maas.provenance.atomic_dir` writes into) is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maas.provenance import atomic_dir, verify_files
+from maas.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+VERSION_POLICIES = ("latest", "all", "specific")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model's ``config.yaml``: which versions to serve and the labels that name them."""
+
+    version_policy: str = "latest"
+    versions: tuple[int, ...] = ()
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, *, where: str) -> ModelConfig:
+        """Validate the content of a ``config.yaml``; ``ValueError`` names the bad key."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - {"version_policy", "versions", "labels"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r}")
+        policy = raw.get("version_policy", "latest")
+        if policy not in VERSION_POLICIES:
+            raise ValueError(f"{where}: version_policy must be one of {VERSION_POLICIES}")
+        versions = raw.get("versions") or []
+        if not isinstance(versions, list) or not all(_is_version(v) for v in versions):
+            raise ValueError(f"{where}: versions must be a list of non-negative integers")
+        if policy == "specific" and not versions:
+            raise ValueError(f"{where}: version_policy specific needs a non-empty versions list")
+        labels = raw.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and LABEL_NAME.match(k) and _is_version(v)
+            for k, v in labels.items()
+        ):
+            raise ValueError(f"{where}: labels must map names to integer versions")
+        return cls(policy, tuple(versions), dict(labels))
+
+    def select(self, on_disk: list[int]) -> list[int]:
+        """The versions this policy may serve, newest first.
+
+        For ``latest`` that is every version on disk: the newest one that loads is served,
+        so a corrupt newest version falls back to the one before it.
+        """
+        if self.version_policy == "specific":
+            return sorted(self.versions, reverse=True)
+        return sorted(on_disk, reverse=True)
+
+
+def parse_version(version: int | str) -> int:
+    """A version number from a URL or a config; ``ServingError`` 400 when it is not one."""
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+        return version
+    if isinstance(version, str) and version.isdigit() and len(version) <= 18:
+        return int(version)
+    raise ServingError(400, f"version must be a non-negative integer, got {str(version)[:40]!r}")
+
+
+def scan(root: str | Path) -> dict[str, dict[int, Path]]:
+    """``{model: {version: folder}}`` of a repository; other entries are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model repository not found: {root}")
+    found: dict[str, dict[int, Path]] = {}
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not MODEL_NAME.match(model_dir.name):
+            continue
+        found[model_dir.name] = {
+            int(p.name): p
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name
+        }
+    return found
+
+
+def build_repository(
+    sources: Mapping[str, str | Path], target: str | Path, *, version: int = 1
+) -> dict[str, Path]:
+    """Write a model repository from artifact folders, atomically, skipping missing ones.
+
+    Args:
+        sources: ``{model name: artifact folder}``; folders that do not exist are skipped.
+        target: the repository folder (replaced whole, never left half-written).
+        version: the version number every model gets.
+
+    Returns:
+        ``{model name: version folder}`` of the models written.
+
+    Raises:
+        ValueError: a bad model name, no source exists, or a source fails its hash check.
+    """
+    present = {}
+    for name, source in sources.items():
+        if not MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
+        if not Path(source).is_dir():
+            log.warning("skipping model %s: %s does not exist", name, source)
+            continue
+        problems = verify_files(source)
+        if problems:
+            raise ValueError(f"refusing to publish {name}: {'; '.join(problems)}")
+        present[name] = Path(source)
+    if not present:
+        raise ValueError(f"none of the sources exist: {sorted(map(str, sources.values()))}")
+    target = Path(target)
+    with atomic_dir(target) as out:
+        for name, source in present.items():
+            shutil.copytree(source, out / name / str(version))
+    return {name: target / name / str(version) for name in present}
+
+
+def publish_version(source: str | Path, repository: str | Path, model: str) -> int:
+    """Copy an artifact folder into a repository as the model's next version; return it.
+
+    The copy is written beside the final folder and renamed into place, so a polling
+    server never sees it half-written.
+    """
+    if not MODEL_NAME.match(model):
+        raise ValueError(f"model name {model!r} must match {MODEL_NAME.pattern}")
+    problems = verify_files(source)
+    if problems:
+        raise ValueError(f"refusing to publish: {'; '.join(problems)}")
+    model_dir = Path(repository) / model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    existing = scan(repository).get(model, {})
+    version = max(existing, default=0) + 1
+    with atomic_dir(model_dir / str(version)) as out:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    return version
+
+
+def _is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

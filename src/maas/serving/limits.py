@@ -1,0 +1,126 @@
+"""Request limits: body size, texts per request, characters per text.
+
+The body limit is an ASGI middleware that answers 413 before the application reads
+anything: at once when ``Content-Length`` is over the limit, and as soon as a chunked body
+passes it. The text limits are checked by :func:`check_texts`, which every protocol calls
+on the texts it parsed, so all three protocols refuse the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maas.serving.errors import ServingError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int  # request bodies larger than this get 413
+    max_texts: int  # texts in one request
+    max_text_chars: int  # characters in one text
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_texts", "max_text_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+DEFAULT_LIMITS = Limits(max_body_bytes=4 * 1024 * 1024, max_texts=256, max_text_chars=100_000)
+
+
+def check_texts(texts: Sequence[object], limits: Limits) -> list[str]:
+    """The texts of a request, checked: a non-empty list of strings within the limits.
+
+    Raises:
+        ServingError: 400 for an empty list or a non-string, 413 for too many or too long.
+    """
+    if not texts:
+        raise ServingError(400, "no texts to classify: send at least one")
+    if len(texts) > limits.max_texts:
+        raise ServingError(
+            413, f"{len(texts)} texts in one request; the limit is {limits.max_texts}"
+        )
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ServingError(400, f"text {index} must be a string, got {type(text).__name__}")
+        if len(text) > limits.max_text_chars:
+            raise ServingError(
+                413,
+                f"text {index} has {len(text)} characters; the limit is {limits.max_text_chars}",
+            )
+    return list(texts)  # type: ignore[arg-type]
+
+
+class BodySizeLimitMiddleware:
+    """ASGI middleware: 413 with a JSON error for a request body over ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _send_error(send, 400, "Content-Length is not a number")
+                return
+            if int(declared) > self.max_bytes:
+                await _send_error(send, 413, self._message(int(declared)))
+                return
+            await self.app(scope, receive, send)
+            return
+        # No length announced (chunked): read the body here, up to the limit, then replay it.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _send_error(send, 413, self._message(size, at_least=True))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    def _message(self, size: int, at_least: bool = False) -> str:
+        more = "at least " if at_least else ""
+        return f"request body of {more}{size} bytes; the limit is {self.max_bytes} bytes"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls wait for the disconnect, as usual
+
+    return replayed
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,168 @@
+"""Prometheus metrics and the structured access log.
+
+:class:`Metrics` owns its own registry (two servers in one process, as in the tests, do not
+share counters). :class:`ObservabilityMiddleware` wraps the whole application: per request
+it counts, times and logs one JSON line on the ``maas.access`` logger. The model and version
+that served a request are not known from its URL alone (a label, or the latest version), so
+handlers note them in the ASGI scope with :func:`note_model` and the middleware reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("maas.access")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SCOPE_MODEL, SCOPE_VERSION = "maas.model", "maas.version"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "maas_requests_total",
+            "HTTP requests by protocol, model, version and status code",
+            ["protocol", "model", "version", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "maas_request_duration_seconds",
+            "Time from request to response, by protocol, model and version",
+            ["protocol", "model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "maas_request_errors_total",
+            "Requests answered with a 4xx or 5xx status, by protocol and status code",
+            ["protocol", "code"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "maas_batch_size",
+            "Texts per model invocation (a batch of coalesced requests)",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "maas_inference_duration_seconds",
+            "Time the model took for one batch",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.versions = Gauge(
+            "maas_model_versions_available",
+            "Versions of each model that are loaded and serving",
+            ["model"],
+            registry=self.registry,
+        )
+        self.load_failures = Gauge(
+            "maas_model_versions_failed",
+            "Versions of each model that failed to load (state END with an error)",
+            ["model"],
+            registry=self.registry,
+        )
+        self._gauge_models: set[str] = set()
+
+    def set_model_gauges(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Per model (available versions, failed versions); models gone lose their series."""
+        for name, (available, failed) in counts.items():
+            self.versions.labels(name).set(available)
+            self.load_failures.labels(name).set(failed)
+        for name in self._gauge_models - set(counts):
+            self.versions.remove(name)
+            self.load_failures.remove(name)
+        self._gauge_models = set(counts)
+
+    def observe_batch(self, model: str, version: int, size: int, seconds: float) -> None:
+        self.batch_size.labels(model, str(version)).observe(size)
+        self.inference.labels(model, str(version)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def note_model(scope: Scope, model: str, version: int) -> None:
+    """Record which model version served the request (for metrics and the access log)."""
+    scope[SCOPE_MODEL] = model
+    scope[SCOPE_VERSION] = str(version)
+
+
+def protocol_of(path: str) -> str:
+    """A small, fixed set of values for the ``protocol`` label (never the raw path)."""
+    if path.startswith("/v1/"):
+        return "tfserving_v1"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oip_v2"
+    if path == "/predict":
+        return "seed"
+    if path == "/metrics":
+        return "metrics"
+    return "other"
+
+
+class ObservabilityMiddleware:
+    """ASGI middleware: request metrics and one structured access-log line per request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the application dies before it answers
+        sent = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._record(scope, status, sent, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        protocol = protocol_of(scope["path"])
+        model = scope.get(SCOPE_MODEL, "")
+        version = scope.get(SCOPE_VERSION, "")
+        self.metrics.requests.labels(protocol, model, version, str(status)).inc()
+        self.metrics.latency.labels(protocol, model, version).observe(seconds)
+        if status >= 400:
+            self.metrics.errors.labels(protocol, str(status)).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("", 0)
+            headers = dict(scope["headers"])
+            line = {
+                "event": "access",
+                "client": client[0],
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "bytes_out": sent,
+                "protocol": protocol,
+                "model": model,
+                "version": version,
+                "request_id": headers.get(b"x-request-id", b"").decode("latin-1")[:128],
+            }
+            access_log.info(json.dumps(line))

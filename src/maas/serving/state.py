@@ -1,0 +1,67 @@
+"""What every request handler shares: the repository, the limits, the metrics, the model call.
+
+:func:`classify` is the one path from texts to predictions for all three protocols: it
+notes which version serves the request (metrics, access log), runs the texts through that
+version's predictor (a batcher or a direct call) and returns the probabilities with the
+argmax class of each text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.requests import Request
+
+from maas.serving.errors import ServingError, VersionUnloaded
+from maas.serving.limits import Limits
+from maas.serving.metrics import Metrics, note_model
+from maas.serving.repository import LoadedVersion, ModelRepository
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "texts"
+OUTPUT_NAMES = ("probabilities", "class_ids", "labels")  # as the SavedModel's signature
+PLATFORMS = {
+    "saved_model": "tensorflow_savedmodel",
+    "tflite": "tensorflow_lite",
+    "onnx": "onnxruntime_onnx",
+}
+
+
+@dataclass
+class ServerState:
+    repository: ModelRepository
+    limits: Limits
+    metrics: Metrics
+    default_model: str | None  # the seed API's model when a request names none
+
+
+@dataclass(frozen=True)
+class Predictions:
+    probabilities: np.ndarray  # (n, classes), float32
+    class_ids: np.ndarray  # (n,), int
+    labels: list[str]  # (n,) the class names
+
+    def column(self, name: str) -> list:
+        if name == "probabilities":
+            return self.probabilities.tolist()
+        if name == "class_ids":
+            return self.class_ids.tolist()
+        return list(self.labels)
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.maas
+
+
+async def classify(request: Request, loaded: LoadedVersion, texts: list[str]) -> Predictions:
+    """Run ``texts`` through a loaded version (batched with concurrent requests, if enabled)."""
+    note_model(request.scope, loaded.model, loaded.version)
+    try:
+        probabilities = await loaded.predictor.predict(texts)
+    except VersionUnloaded as error:  # unloaded between lookup and call: rare; retryable
+        raise ServingError(503, f"model {loaded.model!r}: {error}; retry") from error
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    class_ids = probabilities.argmax(axis=1)
+    names = loaded.labels
+    return Predictions(probabilities, class_ids, [names[i] for i in class_ids])
