@@ -205,3 +205,26 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.25) -> None:
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+_TFLITE_CACHE: dict[Path, Path] = {}
+
+
+def tflite_artifact(classifier_dir: Path, tmp_path_factory) -> Path:
+    """The small classifier as a TFLite artifact, converted once per test session."""
+    if classifier_dir not in _TFLITE_CACHE:
+        target = tmp_path_factory.mktemp("tflite") / "artifact"
+        _TFLITE_CACHE[classifier_dir] = make_tflite_artifact(classifier_dir, target)
+    return _TFLITE_CACHE[classifier_dir]
+
+
+def write_repository(
+    root: Path, models: dict[str, dict[int, Path]], configs: dict[str, str] | None = None
+) -> Path:
+    """A repository folder: ``{model: {version: artifact}}`` copied, plus config.yaml texts."""
+    for model, versions in models.items():
+        for version, artifact in versions.items():
+            shutil.copytree(artifact, root / model / str(version))
+    for model, text in (configs or {}).items():
+        (root / model / "config.yaml").write_text(text)
+    return root

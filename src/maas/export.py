@@ -50,7 +50,7 @@ class TextTokenizer(tf.Module):
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:
         lowered = tf.strings.lower(texts)  # ASCII only, as in maas.tokenizer
         spaced = tf.strings.regex_replace(lowered, "[^a-z0-9]+", " ")
-        tokens = tf.strings.split(tf.strings.strip(spaced), sep=" ")
+        tokens = tf.strings.split(spaced)  # on white space, no empty tokens
         tokens = tokens[:, : self.sequence_length]
         ids = tf.ragged.map_flat_values(self.table.lookup, tokens)
         dense = ids.to_tensor(default_value=PAD_ID, shape=[None, self.sequence_length])

@@ -149,10 +149,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``target`` only when the block succeeds.
 
     On an error (or an interrupt) the temporary folder is removed and ``target`` is left as
-    it was, so readers never see a half-written artifact.
+    it was, so readers never see a half-written artifact. Two writers of the same target at
+    once are not supported (DVC runs one stage at a time).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed outright (SIGKILL, power loss) cannot clean up after itself: its leftovers
+    # are removed by the next run that writes the same artifact.
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

@@ -1,0 +1,93 @@
+"""Model, training, export and provenance: a tiny model really trained, exported and reloaded."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from maas import config, export, runtime
+from maas.data import read_split
+from maas.model import build_classifier
+from maas.provenance import atomic_dir, read_json, verify_files
+from maas.tokenizer import Tokenizer
+
+
+def test_classifier_outputs_one_distribution_per_post():
+    model = build_classifier(
+        vocabulary_size=50, sequence_length=7, n_classes=20, embedding_dim=4, lstm_units=3
+    )
+    ids = np.random.default_rng(0).integers(0, 50, size=(5, 7)).astype(np.int32)
+    ids[0] = 0  # an all-padding row must still give a distribution
+    probabilities = model.predict(ids, verbose=0)
+    assert probabilities.shape == (5, 20)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_classifier_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="n_classes"):
+        build_classifier(vocabulary_size=50, sequence_length=7, n_classes=1)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_epoch(small_project):
+    history = export.read_history(small_project / "models" / "classifier")
+    assert history["loss"][-1] < history["loss"][0]
+    record = read_json(small_project / "models" / "classifier" / "provenance.json")
+    best = record["metrics"]["best_epoch"]
+    assert history["val_loss"][best - 1] == min(history["val_loss"])
+
+
+def test_provenance_records_params_inputs_and_file_hashes(small_project):
+    directory = small_project / "models" / "classifier"
+    record = read_json(directory / "provenance.json")
+    params = config.load_params(small_project / "params.yaml")
+    assert record["params"] == config.to_dict(params.train)
+    assert record["stage"] == "train" and "data" in record["inputs"]
+    assert set(record["files"]) == {"saved_model", "model.keras", "tokenizer.json", "history.json"}
+    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    assert record["tokenizer_fingerprint"] == tokenizer.fingerprint()
+    assert verify_files(directory) == []
+
+
+def test_saved_model_on_raw_text_matches_keras_on_token_ids(small_project):
+    directory = small_project / "models" / "classifier"
+    texts = read_split(small_project / "data" / "processed" / "test.jsonl").texts[:40]
+    texts += ["", "   ", "ÜNÏCODE only ✓"]
+    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    keras_probabilities = export.load_keras_model(directory).predict(
+        tokenizer.encode(texts), verbose=0
+    )
+    served = runtime.load_runtime(directory)
+    assert served.kind == "saved_model" and served.labels == tokenizer.labels
+    np.testing.assert_allclose(served.predict(texts), keras_probabilities, atol=1e-5)
+
+
+def test_corrupt_artifact_is_refused(small_project, tmp_path):
+    copy = tmp_path / "classifier"
+    shutil.copytree(small_project / "models" / "classifier", copy)
+    variables = next((copy / "saved_model" / "variables").glob("variables.data-*"))
+    variables.write_bytes(variables.read_bytes()[:100])  # truncated
+    assert any("saved_model" in problem for problem in verify_files(copy))
+    with pytest.raises(runtime.ArtifactError, match="differs from its recorded hash"):
+        runtime.load_runtime(copy)
+    with pytest.raises(runtime.ArtifactError, match="no such artifact folder"):
+        runtime.load_runtime(tmp_path / "missing")
+
+
+def test_atomic_dir_leaves_the_old_artifact_on_failure(tmp_path):
+    target = tmp_path / "artifact"
+    with atomic_dir(target) as out:
+        (out / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as out:
+        (out / "weights").write_text("half")
+        raise RuntimeError("interrupted")
+    assert (target / "weights").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_atomic_dir_clears_leftovers_of_a_killed_run(tmp_path):
+    (tmp_path / ".artifact.tmp-dead").mkdir()
+    with atomic_dir(tmp_path / "artifact") as out:
+        (out / "weights").write_text("v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
