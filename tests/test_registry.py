@@ -1,0 +1,323 @@
+"""The model registry on a small DVC project whose "model" is a few bytes (no TensorFlow).
+
+The project is real: git, DVC (a pipeline stage, ``dvc.lock``, cache, a local remote), GTO
+tags. Its one stage writes ``models/classifier`` as an artifact folder with a provenance
+record, from a parameter, so each parameter value gives different bytes. The real pipeline,
+a real server and real predictions are in ``test_registry_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maas import registry, rollout
+from maas.cli import main as maas_main
+from maas.materialize import (
+    IntegrityError,
+    dvc_tree_md5,
+    integrity_problems,
+    materialize,
+    recorded_hashes,
+)
+from maas.provenance import sha256_tree, verify_files
+from maas.registry import RegistryError
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+MAKE_MODEL = """\
+import json, sys
+from pathlib import Path
+import yaml
+from maas.provenance import atomic_dir, build_provenance, file_hashes, write_json
+
+params = yaml.safe_load(Path("params.yaml").read_text())["fake"]
+with atomic_dir("models/classifier") as out:
+    (out / "weights.bin").write_bytes(bytes(range(256)) * params["repeat"])
+    (out / "assets").mkdir()
+    (out / "assets" / "vocab.txt").write_text("a\\nb\\n" * params["repeat"])
+    record = build_provenance(stage="train", params=params, extra={"files": file_hashes(out)})
+    write_json(out / "provenance.json", record)
+write_json("reports/metrics/train.json", {"accuracy": params["repeat"] / 10})
+"""
+
+
+def run(cwd: Path, *args: str) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def make_version(project: Path, repeat: int) -> str:
+    """Change the parameter, reproduce, commit; return the commit."""
+    params = {"fake": {"repeat": repeat}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run(project, DVC, "repro", "--quiet")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", f"repeat {repeat}")
+    return run(project, "git", "rev-parse", "HEAD").strip()
+
+
+@pytest.fixture(scope="module")
+def base_project(tmp_path_factory) -> Path:
+    """A project with two registered versions, v1.0.0 (repeat 1) and v2.0.0 (repeat 2)."""
+    root = tmp_path_factory.mktemp("registry")
+    project = root / "project"
+    project.mkdir()
+    (project / "make_model.py").write_text(MAKE_MODEL)
+    (project / "reports" / "metrics").mkdir(parents=True)
+    stage = {
+        "cmd": f"{sys.executable} make_model.py",
+        "deps": ["make_model.py"],
+        "params": ["fake"],
+        "outs": ["models/classifier"],
+        "metrics": [{"reports/metrics/train.json": {"cache": False}}],
+    }
+    artifacts = {"classifier": {"path": "models/classifier", "type": "model"}}
+    dvc_yaml = {"stages": {"train": stage}, "artifacts": artifacts}
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    (project / ".gto").write_text("stages: [dev, staging, prod]\n")
+    run(project, "git", "init", "-q", "-b", "main")
+    run(project, "git", "config", "user.name", "Test")
+    run(project, "git", "config", "user.email", "test@example.com")
+    run(project, DVC, "init", "--quiet")
+    run(project, DVC, "config", "core.analytics", "false")
+    (root / "remote").mkdir()
+    run(project, DVC, "remote", "add", "--default", "--local", "local", str(root / "remote"))
+    make_version(project, 1)
+    registry.register(project, "classifier", version="v1")
+    make_version(project, 2)
+    registry.register(project, "classifier", version="v2")
+    return project
+
+
+@pytest.fixture
+def project(base_project: Path, tmp_path: Path) -> Path:
+    """A private copy of the base project (git, cache and remote), so tests may break it."""
+    shutil.copytree(base_project.parent / "remote", tmp_path / "remote")
+    copy = tmp_path / "project"
+    shutil.copytree(base_project, copy, symlinks=True)
+    run(copy, DVC, "remote", "modify", "--local", "local", "url", str(tmp_path / "remote"))
+    return copy
+
+
+def serving(repository: Path) -> rollout.Deployment:
+    """The model repository of a server (none runs here: nothing to wait for)."""
+    return rollout.Deployment(repository=repository, model="classifier")
+
+
+def tags(project: Path) -> list[str]:
+    return run(project, "git", "tag").split()
+
+
+def lock_md5(project: Path, commit: str) -> str:
+    return registry.lock_entry(project, commit, "models/classifier")["md5"]
+
+
+def cache_object(project: Path, md5: str) -> Path:
+    return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_tree(p) for p in folder.rglob("*")}
+
+
+# ---- register, list, show -------------------------------------------------------------
+
+
+def test_versions_are_listed_with_the_metrics_of_their_own_revision(project: Path):
+    versions = registry.list_versions(project, "classifier")
+    assert [v.version for v in versions] == ["v2.0.0", "v1.0.0"]
+    assert [v.metrics["train.accuracy"] for v in versions] == [0.2, 0.1]
+    assert tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
+    # Registering pushed the bytes: the remote holds every file of both versions.
+    remote = Path(project.parent / "remote")
+    for v in versions:
+        for md5 in recorded_hashes(project, v.commit, "models/classifier").files.values():
+            assert (remote / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+
+def test_register_bumps_and_refuses_what_it_cannot_honour(project: Path):
+    with pytest.raises(RegistryError, match="already"):
+        registry.register(project, "classifier")  # HEAD is v2 already
+    with pytest.raises(RegistryError, match="not declared"):
+        registry.register(project, "detector")
+    with pytest.raises(RegistryError, match="not of the form"):
+        registry.register(project, "classifier", version="latest")
+    (project / "params.yaml").write_text(yaml.safe_dump({"fake": {"repeat": 3}}))
+    with pytest.raises(RegistryError, match="uncommitted changes"):
+        registry.register(project, "classifier")
+    assert tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
+    make_version(project, 3)
+    assert registry.register(project, "classifier").version == "v2.0.1"  # GTO's patch bump
+
+
+def test_register_refuses_bytes_missing_from_the_cache(project: Path):
+    commit = make_version(project, 4)
+    weights = recorded_hashes(project, commit, "models/classifier").files["weights.bin"]
+    cache_object(project, weights).unlink()
+    with pytest.raises(RegistryError, match="not in the DVC cache"):
+        registry.register(project, "classifier", version="v3")
+    assert "classifier@v3.0.0" not in tags(project)
+
+
+def test_cli_lists_shows_and_reports_errors(project: Path, capsys):
+    assert maas_main(["models", "list", "classifier", "--json", "--project", str(project)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed] == ["v2.0.0", "v1.0.0"]
+    assert (
+        maas_main(["models", "show", "classifier", "v1", "--json", "--project", str(project)]) == 0
+    )
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["dvc_lock_md5"] == lock_md5(project, shown["commit"])
+    assert set(shown["files"]) == {"weights.bin", "assets/vocab.txt", "provenance.json"}
+    code = maas_main(["models", "promote", "classifier", "v9", "--stage", "prod",
+                      "--project", str(project)])  # fmt: skip
+    assert code == 1
+
+
+# ---- stages: promote and roll back ----------------------------------------------------
+
+
+def test_one_version_holds_a_stage_and_gto_and_dvc_agree(project: Path):
+    from dvc.repo import Repo
+
+    def dvc_stage_commit() -> str:  # what `dvc artifacts get --stage prod` would fetch
+        with Repo(str(project)) as repo:
+            return repo.artifacts.get_rev("classifier", stage="prod")
+
+    commits = {v.version: v.commit for v in registry.list_versions(project, "classifier")}
+    rollout.promote(project, "classifier", "v1", "prod")
+    rollout.promote(project, "classifier", "v2", "prod")
+    assert registry.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
+    assert dvc_stage_commit() == commits["v2.0.0"]
+
+    done = rollout.rollback(project, "classifier", "prod")
+    assert done.version == "v1.0.0"
+    assert registry.stage_holders(project, "classifier", "prod") == ["v1.0.0"]
+    assert dvc_stage_commit() == commits["v1.0.0"]
+    assert [v.stages for v in registry.list_versions(project, "classifier")] == [(), ("prod",)]
+    # Rolling back again returns to the version before the current one: v2.
+    assert rollout.rollback(project, "classifier", "prod").version == "v2.0.0"
+
+
+def test_bad_stage_and_version_requests_change_nothing(project: Path, tmp_path: Path):
+    repository = tmp_path / "repository"
+    deployment = serving(repository)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollout.rollback(project, "classifier", "prod", deployment=deployment)
+    rollout.promote(project, "classifier", "v1", "prod", deployment=deployment)
+    before_tags, before_files = tags(project), snapshot(repository)
+    with pytest.raises(RegistryError, match="unknown stage 'production'"):
+        rollout.promote(project, "classifier", "v2", "production", deployment=deployment)
+    with pytest.raises(RegistryError, match="unknown version 'v7.0.0'"):
+        rollout.rollback(project, "classifier", "prod", to="v7", deployment=deployment)
+    with pytest.raises(RegistryError, match="only version that ever held"):
+        rollout.rollback(project, "classifier", "prod", deployment=deployment)
+    with pytest.raises(RegistryError, match="already holds"):
+        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert tags(project) == before_tags
+    assert snapshot(repository) == before_files
+
+
+def test_serving_version_numbers_keep_the_order_of_versions():
+    numbers = [rollout.serving_version(v) for v in ("v0.0.3", "v0.2.0", "v1", "v1.0.10", "v2")]
+    assert numbers == [3, 2000, 1_000_000, 1_000_010, 2_000_000]
+    with pytest.raises(RegistryError):
+        rollout.serving_version("v1.1000.0")
+
+
+# ---- exact bytes and integrity ---------------------------------------------------------
+
+
+def test_materialize_gives_the_recorded_bytes_from_cache_then_remote(project: Path, tmp_path):
+    v1 = registry.version_commit(project, "classifier", "v1")
+    from_cache = materialize(project, "classifier", "v1", tmp_path / "a")
+    assert from_cache.tree_md5 == lock_md5(project, v1) == dvc_tree_md5(tmp_path / "a")
+    assert (
+        integrity_problems(tmp_path / "a", recorded_hashes(project, v1, "models/classifier")) == []
+    )
+
+    shutil.rmtree(project / ".dvc" / "cache")  # only the remote has the bytes now
+    from_remote = materialize(project, "classifier", "v1", tmp_path / "b")
+    assert from_remote.tree_md5 == lock_md5(project, v1)
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+
+
+def test_corrupt_bytes_are_refused_and_the_served_version_stays(project: Path, tmp_path: Path):
+    repository = tmp_path / "repository"
+    deployment = serving(repository)
+    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    before_tags, before_files = tags(project), snapshot(repository)
+
+    v1 = registry.version_commit(project, "classifier", "v1")
+    weights = recorded_hashes(project, v1, "models/classifier").files["weights.bin"]
+    damaged = cache_object(project, weights)
+    damaged.chmod(0o644)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # truncated in the cache
+    with pytest.raises(IntegrityError, match=r"weights.bin: md5 .* \(corrupt or truncated\)"):
+        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert tags(project) == before_tags
+    assert snapshot(repository) == before_files
+    assert not any(p.name.startswith(".") for p in (repository / "classifier").iterdir())
+
+
+def test_bytes_in_neither_cache_nor_remote_are_a_clear_error(project: Path, tmp_path: Path):
+    repository = tmp_path / "repository"
+    deployment = serving(repository)
+    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    before_tags, before_files = tags(project), snapshot(repository)
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "remote")
+    with pytest.raises(RegistryError, match="neither the DVC cache nor the remote"):
+        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert tags(project) == before_tags
+    assert snapshot(repository) == before_files
+
+
+def test_a_damaged_version_folder_is_replaced_by_the_recorded_bytes(project: Path, tmp_path):
+    repository = tmp_path / "repository"
+    deployment = serving(repository)
+    done = rollout.promote(project, "classifier", "v1", "prod", deployment=deployment)
+    (done.folder / "weights.bin").write_bytes(b"tampered")
+    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    again = rollout.rollback(project, "classifier", "prod", deployment=deployment)
+    assert again.folder == done.folder
+    assert dvc_tree_md5(done.folder) == lock_md5(project, done.commit)
+    config = yaml.safe_load((repository / "classifier" / "config.yaml").read_text())
+    assert config == {"version_policy": "specific", "versions": [1_000_000],
+                      "labels": {"prod": 1_000_000}}  # fmt: skip
+
+
+def test_a_server_that_does_not_switch_leaves_everything_as_it_was(project: Path, tmp_path):
+    repository = tmp_path / "repository"
+    rollout.promote(project, "classifier", "v2", "prod", deployment=serving(repository))
+    before_tags, before_files = tags(project), snapshot(repository)
+    unreachable = rollout.Deployment(
+        repository=repository, model="classifier", server="http://127.0.0.1:9", timeout=1.0
+    )
+    with pytest.raises(RegistryError, match="did not switch"):
+        rollout.rollback(project, "classifier", "prod", to="v1", deployment=unreachable)
+    assert tags(project) == before_tags
+    assert snapshot(repository) == before_files
+
+
+# ---- plain DVC -------------------------------------------------------------------------
+
+
+def test_plain_git_checkout_and_dvc_checkout_restore_a_version(project: Path):
+    v1 = registry.version_commit(project, "classifier", "v1")
+    run(project, "git", "checkout", "-q", "classifier@v1.0.0")
+    run(project, DVC, "checkout", "--quiet")
+    assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)
+    shutil.rmtree(project / ".dvc" / "cache")  # and from the remote: dvc pull
+    shutil.rmtree(project / "models")
+    run(project, DVC, "pull", "--quiet")
+    assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)
+    assert verify_files(project / "models" / "classifier") == []
