@@ -7,6 +7,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# DVC stages call papermill, and papermill starts the notebook kernel: both from .venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv pipeline test lab lint bench lock clean-venv
 
@@ -42,7 +44,8 @@ bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
 	$(BIN)/python benchmarks/pipeline.py
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^maas' > requirements.lock.new
+	{ echo '# Pinned, tested-together versions (Python 3.11, Linux x86_64). Regenerate with `make lock`.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^maas'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-venv:  ## remove .venv

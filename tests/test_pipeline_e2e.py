@@ -26,8 +26,10 @@ BIN = Path(sys.executable).parent
 
 
 def run(args, cwd, timeout=900, check=True):
+    # As after `source .venv/bin/activate`: DVC's stage commands find papermill on the PATH.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
     if check and result.returncode:
         raise AssertionError(f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -58,11 +58,19 @@ class DistributeParams:
     replicas: int  # mirrored: devices (logical CPU devices when there is no GPU)
     workers: int  # multi_worker and parameter_server: worker processes
     parameter_servers: int  # parameter_server: ps tasks that hold the embedding shards
+    startup_timeout_s: int  # local jobs: the first training step must come within this
+    timeout_s: int  # local jobs: the whole training must end within this
 
     def __post_init__(self) -> None:
         _check(self.replicas >= 1, "train.distribute.replicas", ">= 1")
         _check(self.workers >= 1, "train.distribute.workers", ">= 1")
         _check(self.parameter_servers >= 1, "train.distribute.parameter_servers", ">= 1")
+        _check(self.startup_timeout_s >= 1, "train.distribute.startup_timeout_s", ">= 1")
+        _check(
+            self.timeout_s >= self.startup_timeout_s,
+            "train.distribute.timeout_s",
+            ">= startup_timeout_s",
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class TrainParams:
     lstm_units: int
     bidirectional: bool
     dropout: float
+    embedding_dropout: float  # SpatialDropout1D after the embedding
     batch_size: int  # global batch size, split across replicas
     epochs: int  # an upper bound: early stopping usually ends training sooner
     learning_rate: float
@@ -82,6 +91,7 @@ class TrainParams:
         for key in ("embedding_dim", "lstm_units", "batch_size", "epochs"):
             _check(getattr(self, key) >= 1, f"train.{key}", ">= 1")
         _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)")
+        _check(0.0 <= self.embedding_dropout < 1.0, "train.embedding_dropout", "in [0, 1)")
         _check(self.learning_rate > 0, "train.learning_rate", "> 0")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", ">= 0")
 
@@ -147,6 +157,11 @@ class Paths:
     def dvclive_dir(self) -> Path:
         return self.reports_dir / "train"
 
+    @property
+    def train_backup_dir(self) -> Path:
+        """Training state backed up each epoch, to resume an interrupted run (not an output)."""
+        return self.root / ".maas" / "train-backup"
+
 
 def load_params(
     path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None
@@ -173,6 +188,12 @@ def load_params(
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return _build(Params, raw, prefix="")
+
+
+def parse_section(cls: type[Any], raw: Any, *, name: str) -> Any:
+    """One section from plain data (e.g. ``TrainParams`` from ``to_dict``), checked as by
+    :func:`load_params`; ``name`` prefixes the keys in error messages."""
+    return _build(cls, raw, prefix=f"{name}.")
 
 
 def project_paths(params_file: str | Path = "params.yaml") -> Paths:

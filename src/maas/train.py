@@ -119,6 +119,7 @@ def fit(
                 lstm_units=params.lstm_units,
                 bidirectional=params.bidirectional,
                 dropout=params.dropout,
+                embedding_dropout=params.embedding_dropout,
             ),
             learning_rate=params.learning_rate,
         )
