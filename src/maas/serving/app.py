@@ -171,7 +171,8 @@ class JsonContentTypeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            # In place: the outer middleware reads what handlers note in this same scope.
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
         await self.app(scope, receive, send)
 
 
@@ -213,8 +214,18 @@ def describe_validation(error: RequestValidationError) -> str:
     if kind == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return f"request body is not valid JSON: {detail}".rstrip(": ")
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    where = ".".join(str(part) for part in first.get("loc", ()) if _is_field(part)) or "body"
     if kind == "missing" and where == "body":
         return "request body is missing: send a JSON object"
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return f"invalid request: {where}: {first.get('msg', 'invalid')}{more}"
+
+
+def _is_field(part: object) -> bool:
+    """Whether a part of an error location names a field or an index, not a union member."""
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text not in ("body", "str", "int", "float", "bool", "list", "dict") and (
+        text.replace("_", "").isalnum() and text.islower()
+    )
