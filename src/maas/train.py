@@ -1,14 +1,19 @@
 """The train stage: fit the classifier on the data stage's splits and export it.
 
 :func:`fit` is the worker: it builds the model inside a ``tf.distribute`` strategy scope and
-trains it with early stopping (the best epoch's weights are restored), logging curves with
-DVCLive and showing progress with a bar per epoch. :func:`run` is the stage entry point: read
-the splits, fit, export the model with its provenance.
+trains it with early stopping (the best epoch's weights are restored), optionally backed up
+every epoch so an interrupted run resumes. :func:`train_and_export` adds the stage's I/O:
+read the splits, fit, and (on the chief only) export the model with its provenance.
+:func:`run` is the stage entry point: it trains in this process (``one_device``,
+``mirrored``) or launches a local multi-process job (``multi_worker``, ``parameter_server``;
+see :mod:`maas.train_job`), as ``train.distribute.strategy`` says.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +24,20 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from maas import distributed
 from maas.config import Paths, TrainParams, to_dict
 from maas.data import read_split
 from maas.model import build_classifier, compile_classifier
 from maas.tokenizer import Tokenizer
+from maas.train_callbacks import (  # noqa: F401  (ProgressBar, LiveLogger: public here too)
+    EpochLog,
+    LiveLogger,
+    ProgressBar,
+    ThroughputMeter,
+    TrainingBackup,
+    fingerprint_of,
+    merge_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,60 +45,96 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     model: keras.Model
-    history: dict[str, list[float]]
+    history: dict[str, list[float]]  # every epoch, those before a resume included
     best_epoch: int  # 1-based epoch whose weights the model holds
     seconds: float
-    examples_per_second: float
+    examples_per_second: float  # this process's epochs over its wall time (tracing included)
+    initial_epoch: int = 0  # > 0: resumed from a backup after that many epochs
+    steady_examples_per_second: float | None = None  # median epoch, the first left out
+    first_step_at: float | None = None  # wall clock (time.time()) when the first step ended
+
+
+@dataclass
+class Inputs:
+    train: Any  # a tf.data.Dataset, or a DatasetCreator for ParameterServerStrategy
+    validation: Any
+    steps_per_epoch: int | None = None  # needed when the data repeat forever (ps training)
+    validation_steps: int | None = None
 
 
 def make_dataset(
     ids: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
-    """A batched ``tf.data`` pipeline of ``(token_ids, label)`` pairs."""
+    """A batched ``tf.data`` pipeline of ``(token_ids, label)`` pairs.
+
+    Under MultiWorkerMirroredStrategy every worker builds the same pipeline (same seed, same
+    order) and keeps its part of each global batch (``DATA`` sharding), so a step of N
+    workers sees exactly the batch one worker would.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((ids, labels))
     if shuffle:
         dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-class ProgressBar(keras.callbacks.Callback):
-    """One tqdm bar over the epochs, with the latest losses and accuracies beside it."""
+def per_worker_dataset(
+    ids: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+) -> keras.utils.experimental.DatasetCreator:
+    """Input for ParameterServerStrategy: each worker reads its own shard, repeated forever."""
 
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.bar = None
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).shard(
+            context.num_input_pipelines, context.input_pipeline_id
+        )
+        if shuffle:
+            dataset = dataset.shuffle(len(ids), seed=seed + context.input_pipeline_id)
+        batch = context.get_per_replica_batch_size(batch_size)
+        return dataset.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.epochs, desc="training", unit="epoch")
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items()})
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self.bar.close()
+    return keras.utils.experimental.DatasetCreator(dataset_fn)
 
 
-class LiveLogger(keras.callbacks.Callback):
-    """Training curves through DVCLive: ``dvc plots show`` renders them."""
+def make_inputs(
+    strategy: tf.distribute.Strategy,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int,
+) -> Inputs:
+    """Training and validation input in the form ``strategy`` needs."""
+    if not distributed.is_parameter_server(strategy):
+        return Inputs(
+            make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+            make_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
+        )
+    # Asynchronous training has no end of data: an epoch is as many steps as one pass takes.
+    # Validation is an estimate over as many batches, drawn from the workers' shards.
+    return Inputs(
+        per_worker_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+        per_worker_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
+        steps_per_epoch=math.ceil(len(train[0]) / batch_size),
+        validation_steps=math.ceil(len(validation[0]) / batch_size),
+    )
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__()
-        from dvclive import Live
 
-        # dvcyaml=False: the curves are declared in the project's dvc.yaml, not appended.
-        self.live = Live(str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        for name, value in (logs or {}).items():
-            self.live.log_metric(name, float(value))
-        self.live.next_step()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self.live.end()
+def build_model(params: TrainParams, tokenizer: Tokenizer) -> keras.Model:
+    """The compiled classifier (under the caller's strategy scope, if any)."""
+    return compile_classifier(
+        build_classifier(
+            vocabulary_size=tokenizer.vocabulary_size,
+            sequence_length=tokenizer.sequence_length,
+            n_classes=len(tokenizer.labels),
+            embedding_dim=params.embedding_dim,
+            lstm_units=params.lstm_units,
+            bidirectional=params.bidirectional,
+            dropout=params.dropout,
+            embedding_dropout=params.embedding_dropout,
+        ),
+        learning_rate=params.learning_rate,
+    )
 
 
 def fit(
@@ -95,6 +146,8 @@ def fit(
     strategy: tf.distribute.Strategy | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    backup: TrainingBackup | None = None,
+    first_step_marker: Path | None = None,
 ) -> TrainResult:
     """Train a classifier on token ids; return it with its history.
 
@@ -104,47 +157,49 @@ def fit(
         train: ``(token_ids, labels)`` of the training split.
         validation: the same for the validation split (early stopping watches its loss).
         strategy: a ``tf.distribute`` strategy; the default strategy when ``None``.
-        callbacks: extra callbacks (progress, logging, backups).
+        callbacks: extra callbacks (progress, logging).
         verbose: Keras' own per-epoch printing (0: silent).
+        backup: back up every epoch there, and resume from it if it holds a backup.
+        first_step_marker: a file to write when the first training step has ended.
     """
     keras.utils.set_random_seed(params.seed)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = compile_classifier(
-            build_classifier(
-                vocabulary_size=tokenizer.vocabulary_size,
-                sequence_length=tokenizer.sequence_length,
-                n_classes=len(tokenizer.labels),
-                embedding_dim=params.embedding_dim,
-                lstm_units=params.lstm_units,
-                bidirectional=params.bidirectional,
-                dropout=params.dropout,
-                embedding_dropout=params.embedding_dropout,
-            ),
-            learning_rate=params.learning_rate,
-        )
+        model = build_model(params, tokenizer)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
     )
-    train_ds = make_dataset(*train, batch_size=params.batch_size, shuffle=True, seed=params.seed)
-    val_ds = make_dataset(*validation, batch_size=params.batch_size, shuffle=False, seed=0)
+    meter = ThroughputMeter(first_step_marker)
+    inputs = make_inputs(
+        strategy, train, validation, batch_size=params.batch_size, seed=params.seed
+    )
+    backups = backup.callbacks() if backup is not None else []
     start = time.perf_counter()
     history = model.fit(
-        train_ds,
-        validation_data=val_ds,
+        inputs.train,
+        validation_data=inputs.validation,
         epochs=params.epochs,
-        callbacks=[stopper, *callbacks],
+        steps_per_epoch=inputs.steps_per_epoch,
+        validation_steps=inputs.validation_steps,
+        callbacks=[*backups, stopper, meter, *callbacks],
         verbose=verbose,
     ).history
     seconds = time.perf_counter() - start
-    epochs_run = len(history["loss"])
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    epochs_here = len(history.get("loss", []))
+    initial_epoch = (backups[0].initial_epoch or 0) if backups else 0
+    if backup is not None:
+        history = merge_history(backup.rows)
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    steady = meter.steady_seconds_per_epoch()
     return TrainResult(
         model=model,
-        history={k: [float(v) for v in values] for k, values in history.items()},
-        best_epoch=best_epoch,
+        history=history,
+        best_epoch=int(np.argmin(history["val_loss"])) + 1,
         seconds=seconds,
-        examples_per_second=epochs_run * len(train[0]) / seconds,
+        examples_per_second=epochs_here * len(train[0]) / seconds,
+        initial_epoch=initial_epoch,
+        steady_examples_per_second=len(train[0]) / steady if steady else None,
+        first_step_at=meter.first_step_at,
     )
 
 
@@ -153,49 +208,112 @@ def encode_split(paths: Paths, name: str, tokenizer: Tokenizer) -> tuple[np.ndar
     return tokenizer.encode(split.texts), split.labels
 
 
+def train_and_export(
+    params: TrainParams,
+    paths: Paths,
+    *,
+    strategy: tf.distribute.Strategy,
+    chief: bool = True,
+    progress: bool = True,
+    backup_dir: Path | None = None,
+    first_step_marker: Path | None = None,
+) -> tuple[dict[str, Any], TrainResult]:
+    """Fit under ``strategy`` with backups; the chief exports to ``models/classifier``.
+
+    Every training process of a job calls this; only the chief writes the model, the curves
+    and the backup (other workers keep theirs in temporary folders that Keras removes).
+    Returns the training summary (also stored in the model's provenance) and the result.
+    """
+    from maas.export import export_classifier
+
+    tokenizer = Tokenizer.load(paths.tokenizer)
+    train = encode_split(paths, "train", tokenizer)
+    validation = encode_split(paths, "validation", tokenizer)
+    run_id = {
+        "train": {**to_dict(params), "distribute": params.distribute.strategy},
+        "replicas": int(strategy.num_replicas_in_sync),
+        "tokenizer": tokenizer.fingerprint(),
+        "data": hashlib.sha256(train[0].tobytes() + train[1].tobytes()).hexdigest(),
+    }
+    backup = TrainingBackup(
+        backup_dir or paths.train_backup_dir, fingerprint=fingerprint_of(run_id), writer=chief
+    )
+    callbacks: list[keras.callbacks.Callback] = []
+    if chief:
+        callbacks += [EpochLog(params.epochs), LiveLogger(paths.dvclive_dir, backup.before)]
+        if progress:
+            callbacks.append(ProgressBar(params.epochs))
+    result = fit(
+        params,
+        tokenizer=tokenizer,
+        train=train,
+        validation=validation,
+        strategy=strategy,
+        callbacks=callbacks,
+        backup=backup,
+        first_step_marker=first_step_marker,
+    )
+    model = result.model
+    if strategy is not tf.distribute.get_strategy():  # export ordinary variables, never shards
+        model = compile_classifier(
+            distributed.plain_copy(result.model), learning_rate=params.learning_rate
+        )
+    best = result.best_epoch - 1
+    summary = {
+        "strategy": params.distribute.strategy,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history["loss"]),
+        "resumed_from_epoch": result.initial_epoch,
+        "train_seconds": round(result.seconds, 1),
+        "examples_per_second": round(result.examples_per_second, 1),
+        "steady_examples_per_second": round(result.steady_examples_per_second or 0.0, 1),
+        "first_step_at": result.first_step_at,
+        "val_accuracy": result.history["val_accuracy"][best],
+        "val_loss": result.history["val_loss"][best],
+        "parameters": int(model.count_params()),
+        "weights_sha256": distributed.weights_digest(model.get_weights()),
+    }
+    if chief:
+        export_classifier(
+            model,
+            tokenizer,
+            paths.classifier_dir,
+            params=to_dict(params),
+            metrics=summary,
+            history=result.history,
+            inputs={"data": paths.processed_dir},
+            root=paths.root,
+        )
+    backup.finish()
+    log.info("train: %s", summary)
+    return summary, result
+
+
 def run(
     params: TrainParams,
     paths: Paths,
     *,
     strategy: tf.distribute.Strategy | None = None,
     progress: bool = True,
+    backup_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The train stage: fit on the data stage's outputs, export to ``models/classifier``.
 
+    ``train.distribute.strategy`` decides how: ``one_device`` and ``mirrored`` train in this
+    process; ``multi_worker`` and ``parameter_server`` launch one process per task on this
+    machine (:func:`maas.train_job.run_local_job`) and wait for them. A run interrupted
+    before the end resumes from its last finished epoch when started again.
     Returns the training summary that is also stored in the model's provenance.
     """
-    from maas.export import export_classifier
+    name = params.distribute.strategy
+    if strategy is None and name in distributed.LAUNCHED_STRATEGIES:
+        from maas.train_job import run_local_job
 
-    tokenizer = Tokenizer.load(paths.tokenizer)
-    callbacks: list[keras.callbacks.Callback] = [LiveLogger(paths.dvclive_dir)]
-    if progress:
-        callbacks.append(ProgressBar(params.epochs))
-    result = fit(
-        params,
-        tokenizer=tokenizer,
-        train=encode_split(paths, "train", tokenizer),
-        validation=encode_split(paths, "validation", tokenizer),
-        strategy=strategy,
-        callbacks=callbacks,
+        return run_local_job(params, paths, backup_dir=backup_dir)
+    if strategy is None:
+        strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
+    summary, _ = train_and_export(
+        params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir
     )
-    summary = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history["loss"]),
-        "train_seconds": round(result.seconds, 1),
-        "examples_per_second": round(result.examples_per_second, 1),
-        "val_accuracy": result.history["val_accuracy"][result.best_epoch - 1],
-        "val_loss": result.history["val_loss"][result.best_epoch - 1],
-        "parameters": int(result.model.count_params()),
-    }
-    export_classifier(
-        result.model,
-        tokenizer,
-        paths.classifier_dir,
-        params=to_dict(params),
-        metrics=summary,
-        history=result.history,
-        inputs={"data": paths.processed_dir},
-        root=paths.root,
-    )
-    log.info("train: %s", summary)
     return summary

@@ -1,0 +1,132 @@
+"""Train the classifier, on one device, several, or several processes (tf.distribute).
+
+Without --task this runs the train stage as `train.run` does: `one_device` and `mirrored`
+train in this process; `multi_worker` and `parameter_server` start one process per task on
+this machine (free loopback ports, a generated TF_CONFIG each), stream their logs, and stop
+them all as soon as one fails. The chief alone writes models/classifier.
+
+  maas train                                # strategy and sizes from params.yaml
+  maas train --workers 2                    # MultiWorkerMirroredStrategy, 2 local workers
+  maas train --strategy parameter_server --workers 2 --parameter-servers 2
+  maas train --strategy mirrored --replicas 2
+
+With --task this process is one task of a job whose cluster TF_CONFIG describes, as on a
+cluster (every host runs the same command with its own TF_CONFIG; see the README).
+An interrupted run resumes from its last finished epoch when started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from maas.config import STRATEGIES, ConfigError, load_params, project_paths
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--params-file", default="params.yaml", type=Path, help="parameters (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="overrides train.distribute.strategy (--workers alone implies multi_worker)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="multi_worker / parameter_server: worker processes"
+    )
+    parser.add_argument(
+        "--parameter-servers", type=int, help="parameter_server: ps tasks (embedding shards)"
+    )
+    parser.add_argument(
+        "--replicas", type=int, help="mirrored: GPUs, or logical CPU devices without a GPU"
+    )
+    parser.add_argument(
+        "--backup-dir",
+        type=Path,
+        help="training backup for resuming (default: .maas/train-backup in the project; "
+        "on a cluster: storage every task can read)",
+    )
+    group = parser.add_argument_group("one task of a distributed job (reads TF_CONFIG)")
+    group.add_argument("--task", action="store_true", help="run this process's task only")
+    group.add_argument(
+        "--job-file", type=Path, help="job description written by the local launcher"
+    )
+    group.add_argument("--task-dir", type=Path, help="where this task writes its result")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    """Dotted parameter overrides from the command line.
+
+    Raises:
+        ConfigError: flags that contradict each other.
+    """
+    strategy = args.strategy
+    if strategy is None and args.parameter_servers is not None:
+        strategy = "parameter_server"
+    elif strategy is None and args.workers is not None:
+        strategy = "multi_worker"
+    elif strategy is None and args.replicas is not None:
+        strategy = "mirrored"
+    if args.workers is not None and strategy not in ("multi_worker", "parameter_server"):
+        raise ConfigError(f"--workers applies to multi_worker or parameter_server, not {strategy}")
+    if args.parameter_servers is not None and strategy != "parameter_server":
+        raise ConfigError(f"--parameter-servers applies to parameter_server, not {strategy}")
+    if args.replicas is not None and strategy != "mirrored":
+        raise ConfigError(f"--replicas applies to mirrored, not {strategy}")
+    overrides: dict[str, object] = {}
+    if strategy is not None:
+        overrides["train.distribute.strategy"] = strategy
+    for flag, key in (
+        ("workers", "workers"),
+        ("parameter_servers", "parameter_servers"),
+        ("replicas", "replicas"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[f"train.distribute.{key}"] = getattr(args, flag)
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from maas import launcher
+
+    # TensorFlow's Python side logs every checkpoint shard at INFO through absl.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+    try:
+        if args.task:
+            return run_task(args)
+        params = load_params(args.params_file, overrides_from(args))
+        from maas import train
+
+        summary = train.run(
+            params.train, project_paths(args.params_file), backup_dir=args.backup_dir
+        )
+    except (ConfigError, FileNotFoundError) as error:  # DistributeError is a ConfigError
+        log.error("%s", error)
+        return 2
+    except launcher.JobError as error:
+        log.error("%s", error)
+        return 1
+    log.info("trained: %s", summary)
+    return 0
+
+
+def run_task(args: argparse.Namespace) -> int:
+    """One task of a job: the cluster from TF_CONFIG, checked before TensorFlow starts."""
+    from maas import distributed, train_job
+
+    task = distributed.parse_tf_config(os.environ.get("TF_CONFIG"))
+    if args.job_file is not None:
+        params, paths, backup_dir = train_job.read_job_file(args.job_file)
+    else:
+        params = load_params(args.params_file, overrides_from(args)).train
+        paths, backup_dir = project_paths(args.params_file), args.backup_dir
+    log.info("task %s of a %s job", task.name, params.distribute.strategy)
+    train_job.run_task(params, paths, task, backup_dir=backup_dir, task_dir=args.task_dir)
+    return 0
