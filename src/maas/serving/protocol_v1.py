@@ -155,7 +155,12 @@ async def _predict(
 
 @router.get("/{model}", responses=ERROR_RESPONSES, summary="Status of a model's versions")
 async def model_status(model: str, request: Request) -> dict[str, Any]:
-    return status_body(server_state(request).repository.status(model))
+    repository = server_state(request).repository
+    body = status_body(repository.status(model))
+    _, config_error = repository.config(model)
+    if config_error:  # an extra key: TensorFlow Serving clients ignore it
+        body["config_error"] = config_error
+    return body
 
 
 @router.get("/{model}/versions/{version}", responses=ERROR_RESPONSES, summary="Version status")

@@ -204,9 +204,12 @@ class ModelRepository:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
             config = ModelConfig.parse(raw, where=f"{name}/{CONFIG_FILE}")
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as error:
-            if state.config_error != str(error):
-                log.error("keeping the previous config of %s: %s", name, error)
-            state.config_error = str(error)  # keep the config in force
+            message = str(error)
+            if not message.startswith(f"{name}/{CONFIG_FILE}"):
+                message = f"{name}/{CONFIG_FILE}: {message}"
+            if state.config_error != message:
+                log.error("keeping the config in force for %s: %s", name, message)
+            state.config_error = message
             return
         if config != state.config:
             log.info("model %s: config %s", name, config)
