@@ -1,0 +1,80 @@
+"""Metrics, the TF-IDF baseline, the evaluate stage and the figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from maas import config, evaluate, plots, reporting
+from maas.data import Split
+
+
+def test_metrics_agree_with_their_definitions():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 200)
+    y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 3, 200))
+    metrics = evaluate.classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.sum() == 200 and np.trace(matrix) == np.sum(y_true == y_pred)
+    assert set(metrics["per_class"]) == {"a", "b", "c"}
+
+
+def test_a_class_never_predicted_scores_zero_without_warnings():
+    metrics = evaluate.classification_metrics(
+        np.array([0, 1, 2]), np.array([0, 0, 0]), ["a", "b", "c"]
+    )
+    assert metrics["per_class"]["b"]["f1-score"] == 0.0
+
+
+def test_baseline_learns_a_separable_toy_task():
+    words = {0: "rocket orbit launch", 1: "engine wheel brake"}
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    texts = [" ".join(rng.permutation(words[y].split())) for y in labels]
+    train, test = Split(texts[:40], labels[:40]), Split(texts[40:], labels[40:])
+    predictions, seconds = evaluate.tfidf_baseline(train, test, c=1.0, max_features=None)
+    assert np.mean(predictions == test.labels) == 1.0 and seconds >= 0
+
+
+def test_evaluate_stage_writes_dvc_metrics(small_project):
+    params = config.load_params(small_project / "params.yaml")
+    paths = config.project_paths(small_project / "params.yaml")
+    report = evaluate.run(params.evaluate, paths)
+    stored = json.loads((paths.metrics_dir / "evaluate.json").read_text())
+    assert stored == json.loads(json.dumps(report["summary"]))
+    assert stored["test_posts"] == sum(map(sum, report["model"]["confusion_matrix"]))
+    full = json.loads((paths.reports_dir / "evaluation" / "report.json").read_text())
+    assert full["provenance"]["model_provenance"]["stage"] == "train"
+
+
+def test_figures_render_to_png(tmp_path):
+    card = {
+        "classes": ["a", "b"],
+        "splits": {
+            name: {"class_counts": [3, 4], "tokens_median": 5, "tokens_mean": 6, "tokens_p95": 9}
+            for name in ("train", "validation", "test")
+        },
+    }
+    history = {"loss": [2, 1], "val_loss": [2.1, 1.5], "accuracy": [0.3, 0.6],
+               "val_accuracy": [0.3, 0.5]}  # fmt: skip
+    report = {"a": {"f1-score": 0.5}, "b": {"f1-score": 0.9}}
+    figures = {
+        "card": plots.data_card(card),
+        "curves": plots.training_curves(history, best_epoch=2),
+        "confusion": plots.confusion_matrix([[3, 1], [0, 4]], ["a", "b"]),
+        "f1": plots.per_class_f1({"model": report, "baseline": report}),
+    }
+    for name, figure in figures.items():
+        path = plots.save(figure, tmp_path / f"{name}.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_tables():
+    table = reporting.markdown_table([{"a": 1, "b": 0.123456}, {"a": 2}])
+    assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.1235 |", "| 2 |  |"]
+    assert reporting.markdown_table([]) == "_(no rows)_"
