@@ -309,6 +309,21 @@ def make_strategy(
     )
 
 
+def barrier(strategy: Any) -> None:
+    """Wait until every worker of a multi-worker strategy gets here (a one-number all-reduce).
+
+    Workers leave together, so none exits while the chief still writes the model.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def all_reduce_one() -> tf.Tensor:
+        value = strategy.run(lambda: tf.constant(1.0))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+    all_reduce_one()
+
+
 def embedding_partitioner(*, rows: int, columns: int, shards: int) -> Any:
     """A partitioner that splits the embedding table into ``shards`` and leaves the rest whole.
 

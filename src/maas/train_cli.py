@@ -95,8 +95,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from maas import launcher
 
-    # TensorFlow's Python side logs every checkpoint shard at INFO through absl.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    # TensorFlow's Python side logs every checkpoint shard and all-reduce at INFO.
+    for chatty in ("absl", "tensorflow"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
     try:
         if args.task:

@@ -120,6 +120,8 @@ def run_task(
         layout = distributed.variable_layout(result.model)
         result_record = {"task": task.name, "summary": summary, "layout": layout}
         write_json(own_dir / RESULT_FILE, result_record)
+        if strategy_name == "multi_worker":
+            distributed.barrier(strategy)  # leave together, after the chief's export
     finally:
         if task_dir is None:
             shutil.rmtree(own_dir, ignore_errors=True)
