@@ -51,7 +51,8 @@ class TrainResult:
     examples_per_second: float  # this process's epochs over its wall time (tracing included)
     initial_epoch: int = 0  # > 0: resumed from a backup after that many epochs
     steady_examples_per_second: float | None = None  # median epoch, the first left out
-    first_step_at: float | None = None  # wall clock (time.time()) when the first step ended
+    train_started_at: float | None = None  # wall clock (time.time()): the first epoch began
+    first_step_at: float | None = None  # wall clock: the first step ended (not under ps)
 
 
 @dataclass
@@ -88,10 +89,13 @@ def per_worker_dataset(
         dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).shard(
             context.num_input_pipelines, context.input_pipeline_id
         )
+        batch = context.get_per_replica_batch_size(batch_size)
         if shuffle:
             dataset = dataset.shuffle(len(ids), seed=seed + context.input_pipeline_id)
-        batch = context.get_per_replica_batch_size(batch_size)
-        return dataset.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
+            dataset = dataset.repeat().batch(batch)
+        else:  # batches of one pass, repeated: none holds an example twice
+            dataset = dataset.batch(batch).repeat()
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     return keras.utils.experimental.DatasetCreator(dataset_fn)
 
@@ -111,12 +115,14 @@ def make_inputs(
             make_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
         )
     # Asynchronous training has no end of data: an epoch is as many steps as one pass takes.
-    # Validation is an estimate over as many batches, drawn from the workers' shards.
+    # Validation is an estimate: as many batches as the workers' shards hold, each run by
+    # whichever worker is free (exact evaluation would need file-based datasets).
+    workers = getattr(strategy, "_num_workers", 1)
     return Inputs(
         per_worker_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
         per_worker_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
         steps_per_epoch=math.ceil(len(train[0]) / batch_size),
-        validation_steps=math.ceil(len(validation[0]) / batch_size),
+        validation_steps=workers * math.ceil(len(validation[0]) / (workers * batch_size)),
     )
 
 
@@ -169,7 +175,10 @@ def fit(
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
     )
-    meter = ThroughputMeter(first_step_marker)
+    # Batch-level callbacks would need a round trip per step under ParameterServerStrategy.
+    meter = ThroughputMeter(
+        first_step_marker, batch_hooks=not distributed.is_parameter_server(strategy)
+    )
     inputs = make_inputs(
         strategy, train, validation, batch_size=params.batch_size, seed=params.seed
     )
@@ -199,6 +208,7 @@ def fit(
         examples_per_second=epochs_here * len(train[0]) / seconds,
         initial_epoch=initial_epoch,
         steady_examples_per_second=len(train[0]) / steady if steady else None,
+        train_started_at=meter.train_started_at,
         first_step_at=meter.first_step_at,
     )
 
@@ -268,6 +278,7 @@ def train_and_export(
         "train_seconds": round(result.seconds, 1),
         "examples_per_second": round(result.examples_per_second, 1),
         "steady_examples_per_second": round(result.steady_examples_per_second or 0.0, 1),
+        "train_started_at": result.train_started_at,
         "first_step_at": result.first_step_at,
         "val_accuracy": result.history["val_accuracy"][best],
         "val_loss": result.history["val_loss"][best],

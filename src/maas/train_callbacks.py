@@ -102,28 +102,42 @@ class LiveLogger(keras.callbacks.Callback):
 
 
 class ThroughputMeter(keras.callbacks.Callback):
-    """When the first step ended, and the training time of each epoch (validation excluded).
+    """When training began and its first step ended, and each epoch's training time.
 
     Args:
-        marker: a file written when the first training step has ended (a local launcher
-            watches it to know that the job is running).
+        marker: a file written as soon as training is under way (a local launcher watches
+            it to know that the job started): after the first step, or, where batch-level
+            callbacks are not allowed (ParameterServerStrategy), when the first epoch begins.
+        batch_hooks: whether batch-level callbacks are allowed.
     """
 
-    def __init__(self, marker: Path | None = None) -> None:
+    def __init__(self, marker: Path | None = None, *, batch_hooks: bool = True) -> None:
         super().__init__()
         self.marker = marker
-        self.first_step_at: float | None = None  # wall clock, time.time()
+        self.batch_hooks = batch_hooks
+        self.train_started_at: float | None = None  # wall clock, time.time()
+        self.first_step_at: float | None = None
         self.epoch_seconds: list[float] = []
         self._epoch_start = 0.0
         self._epoch_open = False
 
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.batch_hooks
+
+    def _mark(self) -> None:
+        if self.marker is not None and not self.marker.exists():
+            write_json(self.marker, {"at": time.time()})
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time()
-            if self.marker is not None:
-                write_json(self.marker, {"first_step_at": self.first_step_at})
+            self._mark()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.train_started_at is None:
+            self.train_started_at = time.time()
+            if not self.batch_hooks:
+                self._mark()
         self._epoch_start, self._epoch_open = time.perf_counter(), True
 
     def on_test_begin(self, logs: dict | None = None) -> None:

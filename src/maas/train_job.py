@@ -216,10 +216,16 @@ def run_local_job(
         raise
     summary = dict(results[chief]["summary"])
     summary["tasks"] = len(tasks)
-    if summary.get("first_step_at"):
-        summary["time_to_first_step_s"] = round(summary["first_step_at"] - started, 1)
+    for event, name in (("train_started_at", "time_to_train_start_s"),
+                        ("first_step_at", "time_to_first_step_s")):  # fmt: skip
+        if summary.get(event):  # seconds from the launch of the job
+            summary[name] = round(summary[event] - started, 1)
     if spec.strategy == "parameter_server":
         summary.update(shard_summary(results[chief]["layout"]))
+    else:
+        summary["weights_sha256_by_task"] = {
+            name: result["summary"]["weights_sha256"] for name, result in results.items()
+        }
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 
