@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from maas.config import STRATEGIES, ConfigError, load_params, project_paths
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maas.train_cli")  # also when run as __main__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,3 +133,19 @@ def run_task(args: argparse.Namespace) -> int:
     log.info("task %s of a %s job", task.name, params.distribute.strategy)
     train_job.run_task(params, paths, task, backup_dir=backup_dir, task_dir=args.task_dir)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m maas.train_cli``: what local jobs start per task (``maas train`` without
+    the other sub-commands, so a task imports only what training needs)."""
+    parser = argparse.ArgumentParser(prog="maas train", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

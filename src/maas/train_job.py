@@ -150,7 +150,7 @@ def local_tasks(
             task = distributed.ClusterTask(cluster, job, index)
             service = spec.strategy == "parameter_server" and job != "chief"
             chief = task.name if task.is_chief else chief
-            argv = [sys.executable, "-m", "maas.cli", "train", "--task"]
+            argv = [sys.executable, "-m", "maas.train_cli", "--task"]
             argv += ["--job-file", str(job_file), "--task-dir", str(run_dir / task.name)]
             tasks.append(
                 launcher.Task(
