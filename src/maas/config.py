@@ -106,10 +106,28 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """The serve stage (notebook 05) only: the server itself never reads params.yaml."""
+
+    variants: tuple[str, ...] | None  # models/compressed/<name> to serve; None: every one there
+    max_batch_size: int  # dynamic batching of the stage's server
+    batch_timeout_ms: float
+    latency_requests: int  # sequential requests per protocol for the latency table
+    startup_timeout_s: float  # the stage fails if the server is not ready within this
+
+    def __post_init__(self) -> None:
+        _check(self.max_batch_size >= 1, "serve.max_batch_size", ">= 1")
+        _check(self.batch_timeout_ms >= 0, "serve.batch_timeout_ms", ">= 0")
+        _check(self.latency_requests >= 1, "serve.latency_requests", ">= 1")
+        _check(self.startup_timeout_s > 0, "serve.startup_timeout_s", "> 0")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     train: TrainParams
     evaluate: EvaluateParams
+    serve: ServeParams
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,14 @@ class Paths:
     @property
     def classifier_dir(self) -> Path:
         return self.models_dir / "classifier"
+
+    @property
+    def compressed_dir(self) -> Path:
+        return self.models_dir / "compressed"
+
+    @property
+    def repository_dir(self) -> Path:
+        return self.models_dir / "repository"
 
     @property
     def reports_dir(self) -> Path:
