@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0  # SIGTERM, then this long, then SIGKILL
 POLL_S = 0.1
 TAIL_LINES = 25
+# TensorFlow's C++ start-up notes (glog format: I/W/E + date, e.g. "no CUDA driver" on a CPU
+# machine) go to the task's log file and the debug log only; fatal ones ("F...") stay visible.
+_NATIVE_CHATTER = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
 
 
 class JobError(RuntimeError):
@@ -178,7 +182,8 @@ class LocalJob:
                 out.write(line + "\n")
                 out.flush()
                 self.tails[name].append(line)
-                log.info("[%s] %s", name, line)
+                level = logging.DEBUG if _NATIVE_CHATTER.match(line) else logging.INFO
+                log.log(level, "[%s] %s", name, line)
 
     def _wait_for_services(self, services: Sequence[Task]) -> None:
         for task in services:

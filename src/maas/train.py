@@ -322,9 +322,13 @@ def run(
         from maas.train_job import run_local_job
 
         return run_local_job(params, paths, backup_dir=backup_dir)
+    started = time.time()
     if strategy is None:
         strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
     summary, _ = train_and_export(
         params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir
     )
+    from maas.train_job import time_to_start
+
+    summary.update(time_to_start(summary, since=started))
     return summary

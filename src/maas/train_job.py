@@ -216,10 +216,7 @@ def run_local_job(
         raise
     summary = dict(results[chief]["summary"])
     summary["tasks"] = len(tasks)
-    for event, name in (("train_started_at", "time_to_train_start_s"),
-                        ("first_step_at", "time_to_first_step_s")):  # fmt: skip
-        if summary.get(event):  # seconds from the launch of the job
-            summary[name] = round(summary[event] - started, 1)
+    summary.update(time_to_start(summary, since=started))
     if spec.strategy == "parameter_server":
         summary.update(shard_summary(results[chief]["layout"]))
     else:
@@ -228,6 +225,21 @@ def run_local_job(
         }
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
+
+
+def time_to_start(summary: dict[str, Any], *, since: float) -> dict[str, float]:
+    """Seconds from ``since`` (wall clock) until training began and its first step ended.
+
+    Pops the wall-clock stamps from ``summary`` (the provenance keeps them)."""
+    times = {}
+    for event, name in (
+        ("train_started_at", "time_to_train_start_s"),
+        ("first_step_at", "time_to_first_step_s"),  # none under ParameterServerStrategy
+    ):
+        stamp = summary.pop(event, None)
+        if stamp:
+            times[name] = round(stamp - since, 1)
+    return times
 
 
 def check_same_weights(results: dict[str, dict[str, Any]]) -> None:
