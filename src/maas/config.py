@@ -24,6 +24,26 @@ import yaml
 
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
+# Compression variants (issue 4), each a folder models/compressed/<name>. Teacher TFLite forms:
+# float32 reference, dynamic-range int8, float16, full-integer int8, quantization-aware int8;
+# the pruned model (Keras) and its TFLite float32 and int8 forms; the distilled student (Keras)
+# and its TFLite forms; the same student trained from scratch (the control); the teacher in ONNX.
+COMPRESSION_VARIANTS = (
+    "float32",
+    "dynamic_int8",
+    "float16",
+    "int8",
+    "qat_int8",
+    "pruned",
+    "pruned_float32",
+    "pruned_int8",
+    "distilled",
+    "distilled_float32",
+    "distilled_int8",
+    "scratch",
+    "onnx",
+)
+PRUNABLE_LAYERS = ("embedding", "lstm", "dense")
 
 
 class ConfigError(ValueError):
@@ -123,11 +143,101 @@ class ServeParams:
 
 
 @dataclass(frozen=True)
+class QatParams:
+    epochs: int  # quantization-aware fine-tuning of the Dense head (variant qat_int8)
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "compress.qat.epochs", ">= 1")
+        _check(self.learning_rate > 0, "compress.qat.learning_rate", "> 0")
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    target_sparsity: float  # share of zeros in every pruned weight tensor, in [0, 1)
+    layers: tuple[str, ...]  # which weights to prune: embedding, lstm (kernels), dense
+    epochs: int  # fine-tuning epochs in all
+    ramp_epochs: int  # epochs over which sparsity rises from 0 to the target; the rest recover
+    learning_rate: float
+    frequency: int  # training steps between updates of the pruning masks
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.target_sparsity < 1.0, "compress.prune.target_sparsity", "in [0, 1)")
+        _check(len(self.layers) >= 1, "compress.prune.layers", "a non-empty list")
+        for kind in self.layers:
+            _check(kind in PRUNABLE_LAYERS, "compress.prune.layers", f"items in {PRUNABLE_LAYERS}")
+        _check(self.ramp_epochs >= 1, "compress.prune.ramp_epochs", ">= 1")
+        _check(self.epochs >= self.ramp_epochs, "compress.prune.epochs", ">= ramp_epochs")
+        _check(self.learning_rate > 0, "compress.prune.learning_rate", "> 0")
+        _check(self.frequency >= 1, "compress.prune.frequency", ">= 1")
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    student: Literal["bag_of_embeddings", "cnn"]
+    embedding_dim: int
+    filters: int  # cnn only: convolution filters
+    temperature: float  # softens the teacher's and the student's outputs, > 0
+    alpha: float  # weight of the true labels; 1 - alpha goes to the teacher's soft outputs
+    epochs: int  # the budget, the same for the distilled student and the scratch control
+    learning_rate: float
+    patience: int  # epochs without a better validation accuracy before stopping
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "filters", "epochs"):
+            _check(getattr(self, key) >= 1, f"compress.distill.{key}", ">= 1")
+        _check(self.temperature > 0, "compress.distill.temperature", "> 0")
+        _check(0.0 <= self.alpha <= 1.0, "compress.distill.alpha", "in [0, 1]")
+        _check(self.learning_rate > 0, "compress.distill.learning_rate", "> 0")
+        _check(self.patience >= 0, "compress.distill.patience", ">= 0")
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    latency_examples: int  # single-text predictions timed per variant (p50, p99)
+    throughput_batches: int  # batches timed per variant for the throughput
+    throughput_batch_size: int
+    warmup: int  # untimed calls before timing
+    check_examples: int  # test posts on which each reloaded variant must match its in-memory one
+
+    def __post_init__(self) -> None:
+        for key in ("latency_examples", "throughput_batches", "throughput_batch_size"):
+            _check(getattr(self, key) >= 1, f"compress.benchmark.{key}", ">= 1")
+        _check(self.warmup >= 0, "compress.benchmark.warmup", ">= 0")
+        _check(self.check_examples >= 1, "compress.benchmark.check_examples", ">= 1")
+
+
+@dataclass(frozen=True)
+class CompressParams:
+    variants: tuple[str, ...]  # which of COMPRESSION_VARIANTS to build
+    seed: int
+    batch_size: int  # fine-tuning and student training
+    representative_examples: int  # training posts that calibrate full-integer int8
+    qat: QatParams
+    prune: PruneParams
+    distill: DistillParams
+    benchmark: BenchmarkParams
+
+    def __post_init__(self) -> None:
+        _check(len(self.variants) >= 1, "compress.variants", "a non-empty list")
+        for name in self.variants:
+            if name not in COMPRESSION_VARIANTS:
+                raise ConfigError(
+                    f"compress.variants: unknown variant {name!r} "
+                    f"(expected names from {list(COMPRESSION_VARIANTS)})"
+                )
+        _check(len(set(self.variants)) == len(self.variants), "compress.variants", "unique")
+        _check(self.batch_size >= 1, "compress.batch_size", ">= 1")
+        _check(self.representative_examples >= 1, "compress.representative_examples", ">= 1")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     train: TrainParams
     evaluate: EvaluateParams
     serve: ServeParams
+    compress: CompressParams
 
 
 @dataclass(frozen=True)
