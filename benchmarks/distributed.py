@@ -1,0 +1,194 @@
+"""Benchmark the distribution strategies on this machine: throughput, scaling, start-up.
+
+For each strategy and size it runs the real entry point (`python -m maas.train_cli`, the
+code path of `maas train` and of the train stage) in a fresh process on one benchmark
+project, with the model of params.yaml (embedding 128, BiLSTM 64, 256 tokens) on a subset
+of the corpus, and reads the figures back from the exported model's provenance:
+
+- steady training examples per second: training examples over the median epoch time (the
+  training part only; validation excluded; the first epoch, which traces the graphs, left out);
+- scaling efficiency: that throughput over (units x one_device's), units being replicas or
+  workers: 1.0 is perfect linear scaling;
+- time to first step: from launching the command to the end of the first training step
+  (to the start of the training loop for parameter_server, which allows no batch hooks).
+
+Writes reports/benchmarks/distributed.json, .md and .png. On a 2-core machine a speed-up is
+not expected: every replica and process shares the same two cores. Other work on the machine
+makes the figures noisy; the load average is recorded with each run.
+
+    .venv/bin/python benchmarks/distributed.py                 # all configurations (~20 min)
+    .venv/bin/python benchmarks/distributed.py --docs-per-class 60 --only one_device mirrored-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from maas.provenance import git_revision, read_json, write_json  # noqa: E402
+from maas.reporting import markdown_table  # noqa: E402
+
+CATEGORIES = ["rec.autos", "sci.space", "talk.politics.guns", "comp.graphics"]
+# name -> (strategy, units, extra flags); units: replicas or workers, for the efficiency.
+CONFIGS = {
+    "one_device": ("one_device", 1, []),
+    "mirrored-2": ("mirrored", 2, ["--replicas", "2"]),
+    "multi_worker-1": ("multi_worker", 1, ["--workers", "1"]),
+    "multi_worker-2": ("multi_worker", 2, ["--workers", "2"]),
+    "multi_worker-3": ("multi_worker", 3, ["--workers", "3"]),
+    "parameter_server-1w-1ps": (
+        "parameter_server",
+        1,
+        ["--workers", "1", "--parameter-servers", "1"],
+    ),
+    "parameter_server-2w-2ps": (
+        "parameter_server",
+        2,
+        ["--workers", "2", "--parameter-servers", "2"],
+    ),
+}
+
+
+def make_project(directory: Path, *, docs_per_class: int, epochs: int) -> Path:
+    """A project with the default model, a corpus subset, and its data stage done."""
+    from maas import config, data
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(categories=CATEGORIES, max_documents_per_class=docs_per_class)
+    params["train"].update(epochs=epochs, early_stopping_patience=epochs)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = config.load_params(directory / "params.yaml")
+    data.prepare(loaded.data, config.project_paths(directory / "params.yaml"))
+    return directory
+
+
+def run_config(project: Path, name: str, logs: Path) -> dict:
+    strategy, units, flags = CONFIGS[name]
+    argv = [sys.executable, "-m", "maas.train_cli", "--params-file", str(project / "params.yaml")]
+    argv += ["--strategy", strategy, *flags]
+    load_before = os.getloadavg()[0]
+    launched = time.time()
+    with (logs / f"{name}.log").open("w") as log:
+        completed = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
+    wall = time.time() - launched
+    row = {"config": name, "strategy": strategy, "units": units, "ok": completed.returncode == 0}
+    if not row["ok"]:
+        return {**row, "error": f"exit status {completed.returncode}, see {logs / name}.log"}
+    metrics = read_json(project / "models" / "classifier" / "provenance.json")["metrics"]
+    first = metrics.get("first_step_at")
+    return {
+        **row,
+        "examples_per_second": metrics["steady_examples_per_second"],
+        "time_to_first_step_s": round(first - launched, 1) if first else None,
+        "time_to_train_start_s": round(metrics["train_started_at"] - launched, 1),
+        "wall_seconds": round(wall, 1),
+        "val_accuracy": round(metrics["val_accuracy"], 4),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def add_efficiency(rows: list[dict]) -> None:
+    base = next((r for r in rows if r["config"] == "one_device" and r["ok"]), None)
+    for row in rows:
+        if base and row["ok"]:
+            efficiency = row["examples_per_second"] / (row["units"] * base["examples_per_second"])
+            row["scaling_efficiency"] = round(efficiency, 3)
+            row["speedup_vs_one_device"] = round(
+                row["examples_per_second"] / base["examples_per_second"], 3
+            )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from maas.plots import save
+
+    done = [r for r in rows if r["ok"]]
+    names = [r["config"] for r in done]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = [
+        ("examples_per_second", "training examples / s (steady)"),
+        ("scaling_efficiency", "scaling efficiency (1.0 = linear)"),
+        ("time_to_first_step_s", "seconds to first step (ps: to training start)"),
+    ]
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        values = [
+            r.get(key) if r.get(key) is not None else r.get("time_to_train_start_s", 0)
+            for r in done
+        ]
+        bars = axis.barh(names, values, color="tab:blue")
+        for bar, row in zip(bars, done, strict=True):
+            if key == "time_to_first_step_s" and row.get(key) is None:
+                bar.set_hatch("//")  # parameter_server: time to the training loop's start
+        axis.set_title(title)
+        axis.invert_yaxis()
+        if key == "scaling_efficiency":
+            axis.axvline(1.0, color="grey", linestyle="--")
+    figure.suptitle(f"tf.distribute strategies on {platform.machine()}, {os.cpu_count()} cores")
+    figure.tight_layout()
+    save(figure, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs-per-class", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
+        project = make_project(
+            Path(scratch) / "project", docs_per_class=args.docs_per_class, epochs=args.epochs
+        )
+        logs = Path(scratch) / "logs"
+        logs.mkdir()
+        rows = []
+        for name in args.only:
+            rows.append(run_config(project, name, logs))
+            print(rows[-1], flush=True)
+        train_posts = sum(1 for _ in (project / "data" / "processed" / "train.jsonl").open())
+    add_efficiency(rows)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "git_revision": git_revision(ROOT),
+        "train_posts": train_posts,
+        "epochs": args.epochs,
+        "categories": CATEGORIES,
+        "runs": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "distributed.json", result)
+    plot(rows, args.out / "distributed.png")
+    columns = [
+        "config", "examples_per_second", "scaling_efficiency", "speedup_vs_one_device",
+        "time_to_first_step_s", "time_to_train_start_s", "wall_seconds", "val_accuracy",
+        "load_average",
+    ]  # fmt: skip
+    text = (
+        f"# Distributed training benchmark ({result['machine']}, {result['git_revision']})\n\n"
+        f"{train_posts} training posts of {len(CATEGORIES)} newsgroups, {args.epochs} epochs, "
+        "the default model of params.yaml; one run per configuration.\n\n"
+        f"{markdown_table(rows, columns)}\n"
+    )
+    (args.out / "distributed.md").write_text(text.replace("| None |", "| n/a |"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
