@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # DVC stages call papermill, and papermill starts the notebook kernel: both from .venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv pipeline test lab lint bench lock clean-venv
+.PHONY: help venv pipeline test lab lint bench bench-serving lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,6 +42,9 @@ lint: $(STAMP)  ## ruff: lint and format check
 
 bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
 	$(BIN)/python benchmarks/pipeline.py
+
+bench-serving: $(STAMP)  ## the model server against the naive Flask server, under load
+	$(BIN)/python benchmarks/serving.py --clients 16 --duration 10
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
 	{ echo '# Pinned, tested-together versions (Python 3.11, Linux x86_64). Regenerate with `make lock`.'; \
