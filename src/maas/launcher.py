@@ -140,7 +140,9 @@ class LocalJob:
             self.stop()
 
     def stop(self) -> None:
-        """Stop every process still running: SIGTERM to its group, then SIGKILL."""
+        """Stop every task still running: SIGTERM to its process group (the task and anything
+        it started), then SIGKILL after a grace period. Exited tasks are left alone: their
+        process id may already belong to another program."""
         running = [p for p in self.processes.values() if p.poll() is None]
         for process in running:
             _signal_group(process, signal.SIGTERM)
@@ -148,7 +150,6 @@ class LocalJob:
         for process in running:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for process in running:
             if process.poll() is None:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
@@ -198,10 +199,11 @@ class LocalJob:
         mains = [task.name for task in self.tasks if not task.service]
         is_ready = self.ready is None
         while True:
-            self._check_deaths()
+            # Success first: once every main task is done, a service quitting is no failure.
             if all(self.processes[name].poll() == 0 for name in mains):
                 log.info("all %d main task(s) finished", len(mains))
                 return
+            self._check_deaths()
             if not is_ready:
                 is_ready = self.ready()
             self._check_time(starting=not is_ready)
