@@ -39,6 +39,21 @@ def test_tf_config_round_trip_and_chief():
     assert not distributed.parse_tf_config(tf_config(ps_cluster, "worker")).is_chief
 
 
+def test_kubeflow_tf_config_is_accepted():
+    # What Kubeflow's training operator sets in a TFJob pod (service names, "environment").
+    hosts = [f"maas-train-worker-{i}.team-ml.svc:2222" for i in range(2)]
+    text = json.dumps(
+        {
+            "cluster": {"worker": hosts},
+            "task": {"type": "worker", "index": 1},
+            "environment": "cloud",
+        }
+    )
+    task = distributed.parse_tf_config(text)
+    assert task.cluster["worker"] == tuple(hosts) and task.name == "worker-1"
+    distributed.check_cluster(task, "multi_worker")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
