@@ -44,7 +44,7 @@ bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
 	$(BIN)/python benchmarks/pipeline.py
 
 bench-serving: $(STAMP)  ## the model server against the naive Flask server, under load
-	$(BIN)/python benchmarks/serving.py --clients 16 --duration 10
+	$(BIN)/python benchmarks/serving.py --clients 32 --duration 10
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
 	{ echo '# Pinned, tested-together versions (Python 3.11, Linux x86_64). Regenerate with `make lock`.'; \

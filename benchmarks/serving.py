@@ -210,6 +210,7 @@ def measure(name: str, server: Server, requests: list[bytes], args) -> dict:
 
 def figure(rows: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -225,6 +226,7 @@ def figure(rows: list[dict], path: Path) -> None:
     right.set_yticks(y, [""] * len(rows))
     right.invert_yaxis()
     right.set_xscale("log")
+    right.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a log axis
     right.set_xlabel("latency, ms (log scale)")
     right.set_title("Latency")
     right.legend()
