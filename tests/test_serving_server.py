@@ -164,7 +164,8 @@ def test_cli_refuses_bad_options_clearly(tmp_path, lite):
         )  # fmt: skip
 
     missing = serve("--model-repository", str(tmp_path / "none"))
-    assert missing.returncode != 0 and "not found" in missing.stderr
+    assert missing.returncode == 2 and "model repository not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
     plain = tmp_path / "keys.txt"
     plain.write_text("a-plain-key\n")
     keys = serve("--model-repository", str(tmp_path), "--api-key-file", str(plain))

@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model_repository is None:
         log.error("--model-repository is required")
         return 2
+    if not args.model_repository.is_dir():
+        log.error("model repository not found: %s", args.model_repository)
+        return 2
     try:
         config = build_config(args)
         ssl_files = check_tls(args.tls_cert, args.tls_key)
