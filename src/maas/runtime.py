@@ -92,6 +92,10 @@ class TFLiteRuntime(Runtime):
         scale, zero_point = self._input.get("quantization", (0.0, 0))
         if self._input["dtype"] != np.int32 and scale:
             ids = np.round(ids / scale + zero_point)
+        # TFLite's fused LSTM keeps its state in variable tensors that outlive an invoke
+        # (made for streaming): zero them, or each post would start from the last one's state.
+        # A no-op for models without variable tensors.
+        self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(self._input["index"], ids.astype(self._input["dtype"]))
         self._interpreter.invoke()
         out = self._interpreter.get_tensor(self._output["index"])

@@ -1,0 +1,63 @@
+"""The teacher in ONNX (tf2onnx), for serving from any language through onnxruntime.
+
+tf2onnx converts the Keras model as trained, masked BiLSTM included: the masked LSTM becomes
+an ONNX ``Loop`` (tf2onnx's LSTM rewriter fuses only unmasked LSTMs), the batch dimension
+stays dynamic. Input ``token_ids`` int32 ``(batch, sequence_length)``, output float
+probabilities ``(batch, classes)``, as :mod:`maas.runtime` expects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tf_keras as keras
+
+from maas.model import INPUT_NAME
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class OnnxExportError(RuntimeError):
+    """tf2onnx could not convert the model."""
+
+
+def to_onnx(model: keras.Model, *, opset: int = OPSET) -> bytes:
+    """The serialized ONNX model of a Keras classifier (token ids -> probabilities).
+
+    Raises:
+        OnnxExportError: with tf2onnx's reason.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    length = int(model.input_shape[1])
+    signature = (tf.TensorSpec([None, length], tf.int32, name=INPUT_NAME),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as error:
+        raise OnnxExportError(f"tf2onnx could not convert {model.name}: {error}") from error
+    ops = sorted({node.op_type for node in proto.graph.node})
+    log.info("onnx: opset %d, ops %s", opset, ops)
+    return proto.SerializeToString()
+
+
+def onnx_ops(content: bytes) -> dict[str, int]:
+    """``{op type: count}`` of a serialized ONNX model."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load_from_string(content).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def predict_onnx(content: bytes, ids: np.ndarray) -> np.ndarray:
+    """Probabilities from an in-memory ONNX model (the reference for the round trip)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: ids.astype(np.int32)})[0].astype(np.float32)

@@ -1,0 +1,218 @@
+"""Measure compressed variants: file and gzip size, latency, throughput; the table; the plots.
+
+Timings are taken through the same callable a server uses, ``predict(texts)``, so they
+*include tokenization* (raw text in, probabilities out) for every row alike; the teacher's
+Keras row is ``model.predict(tokenizer.encode(texts))``, also from raw text. They are wall
+times on this machine's CPU, while other work may share it: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from maas.config import BenchmarkParams
+from maas.reporting import markdown_table
+
+Predict = Callable[[Sequence[str]], np.ndarray]
+
+# Columns of the Markdown table, in order, with their headers.
+TABLE_COLUMNS = {
+    "variant": "variant",
+    "format": "format",
+    "parameters": "parameters",
+    "file_kb": "file kB",
+    "gzip_kb": "gzip kB",
+    "sparsity": "sparsity",
+    "accuracy": "test accuracy",
+    "macro_f1": "macro-F1",
+    "latency_p50_ms": "p50 ms",
+    "latency_p99_ms": "p99 ms",
+    "throughput_per_s": "batch-64 posts/s",
+}
+
+
+def tree_size(path: str | Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def gzip_size(path: str | Path) -> int:
+    """Bytes after gzip -9 of a file, or the sum over every file under a folder.
+
+    This is what a download or a model store would move: runs of zeros (pruning) and small
+    integers (quantization) compress, random float32 mantissas hardly do.
+    """
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return sum(len(gzip.compress(item.read_bytes(), compresslevel=9, mtime=0)) for item in files)
+
+
+def latency(predict: Predict, texts: Sequence[str], *, warmup: int) -> dict[str, float]:
+    """Single-text latency: ``predict([text])`` once per text; p50 and p99 in milliseconds."""
+    for text in list(texts)[:warmup]:
+        predict([text])
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        predict([text])
+        times.append(time.perf_counter() - start)
+    millis = np.asarray(times) * 1000.0
+    return {
+        "latency_p50_ms": float(np.percentile(millis, 50)),
+        "latency_p99_ms": float(np.percentile(millis, 99)),
+    }
+
+
+def throughput(
+    predict: Predict, texts: Sequence[str], *, batch_size: int, batches: int, warmup: int
+) -> float:
+    """Posts per second over ``batches`` calls of ``batch_size`` texts each."""
+    texts = list(texts)
+    chunks = [
+        [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+        for i in range(batches)
+    ]
+    for chunk in chunks[: min(warmup, 2)]:
+        predict(chunk)
+    start = time.perf_counter()
+    for chunk in chunks:
+        predict(chunk)
+    return batch_size * batches / (time.perf_counter() - start)
+
+
+def benchmark(predict: Predict, texts: Sequence[str], params: BenchmarkParams) -> dict[str, float]:
+    """Latency p50/p99 and batch throughput of one predictor on the given texts."""
+    timed = list(texts)[: params.latency_examples]
+    result = latency(predict, timed, warmup=params.warmup)
+    result["throughput_per_s"] = throughput(
+        predict,
+        texts,
+        batch_size=params.throughput_batch_size,
+        batches=params.throughput_batches,
+        warmup=params.warmup,
+    )
+    return result
+
+
+def display_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the table: sizes in kB, figures rounded."""
+    shown = []
+    for row in rows:
+        item = {key: row.get(key, "") for key in TABLE_COLUMNS}
+        item["file_kb"] = round(row["file_bytes"] / 1000, 1)
+        item["gzip_kb"] = round(row["gzip_bytes"] / 1000, 1)
+        item["sparsity"] = round(row["sparsity"], 3)
+        item["accuracy"] = round(row["accuracy"], 4)
+        item["macro_f1"] = round(row["macro_f1"], 4)
+        item["latency_p50_ms"] = round(row["latency_p50_ms"], 3)
+        item["latency_p99_ms"] = round(row["latency_p99_ms"], 3)
+        item["throughput_per_s"] = round(row["throughput_per_s"], 1)
+        shown.append({TABLE_COLUMNS[key]: value for key, value in item.items()})
+    return shown
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of the report."""
+    return markdown_table(display_rows(rows), list(TABLE_COLUMNS.values()))
+
+
+def targets(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's benchmark targets, measured: ratios, losses in points, and whether met.
+
+    ``rows`` maps variant names (and ``teacher_keras``) to their measured rows; targets whose
+    variants were not built are left out.
+    """
+    out: dict[str, Any] = {}
+    teacher = rows["teacher_keras"]
+    reference = rows.get("float32")
+
+    def points(name: str, base: Mapping[str, Any]) -> float:
+        return round(100.0 * (base["accuracy"] - rows[name]["accuracy"]), 3)
+
+    if reference:
+        for name in ("int8", "dynamic_int8", "qat_int8"):
+            if name in rows:
+                ratio = reference["file_bytes"] / rows[name]["file_bytes"]
+                loss = points(name, reference)
+                out[name] = {
+                    "size_ratio_vs_float32": round(ratio, 3),
+                    "accuracy_loss_points": loss,
+                    "met": bool(ratio >= 3.5 and loss <= 1.0),
+                }
+        for name in ("pruned_float32", "pruned_int8"):
+            if name in rows:
+                ratio = reference["gzip_bytes"] / rows[name]["gzip_bytes"]
+                loss = points(name, reference)
+                out[name] = {
+                    "gzip_ratio_vs_float32": round(ratio, 3),
+                    "accuracy_loss_points": loss,
+                    "met": bool(ratio >= 3.0 and loss <= 1.5),
+                }
+    if "distilled" in rows:
+        student = rows["distilled"]
+        ratio = teacher["parameters"] / student["parameters"]
+        share = student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0
+        gain = None
+        if "scratch" in rows:
+            gain = round(100.0 * (student["accuracy"] - rows["scratch"]["accuracy"]), 3)
+        out["distilled"] = {
+            "parameter_ratio_vs_teacher": round(ratio, 3),
+            "accuracy_share_of_teacher": round(share, 4),
+            "gain_over_scratch_points": gain,
+            "met": bool(ratio >= 5.0 and share >= 0.95 and gain is not None and gain > 0),
+        }
+    variants = {k: v for k, v in rows.items() if not k.startswith("teacher")}
+    if variants:
+        fastest = min(variants, key=lambda k: variants[k]["latency_p50_ms"])
+        speedup = teacher["latency_p50_ms"] / variants[fastest]["latency_p50_ms"]
+        out["fastest"] = {
+            "variant": fastest,
+            "speedup_vs_keras_predict": round(speedup, 2),
+            "met": bool(speedup >= 10.0),
+        }
+    return out
+
+
+def tradeoff_figure(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -> Figure:
+    """Test accuracy against one cost (size or latency), log scale, one labelled dot a row."""
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = figure.subplots()
+    for row in rows:
+        teacher = row["variant"].startswith("teacher")
+        ax.scatter(row[x], row["accuracy"], marker="s" if teacher else "o", s=40)
+        ax.annotate(
+            row["variant"],
+            (row[x], row["accuracy"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def accuracy_vs_size(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    figure = tradeoff_figure(rows, x="gzip_bytes", xlabel="model file, gzip -9 (bytes, log)")
+    figure.axes[0].set_title("Accuracy against size")
+    return figure
+
+
+def accuracy_vs_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    figure = tradeoff_figure(
+        rows, x="latency_p50_ms", xlabel="single-text latency p50 (ms, log; tokenization included)"
+    )
+    figure.axes[0].set_title("Accuracy against latency")
+    return figure

@@ -1,0 +1,305 @@
+"""The compress stage: every variant of the trained classifier, written, reloaded, measured.
+
+For each name in ``compress.variants`` (built in the order of
+:data:`maas.config.COMPRESSION_VARIANTS`): make it in memory, write it as an artifact folder
+``models/compressed/<name>/`` (model, ``tokenizer.json``, ``provenance.json`` with file
+hashes), reload it from disk through :func:`maas.runtime.load_runtime`, check that the
+reloaded outputs match the in-memory model's, evaluate it on the test split and time it.
+
+All inputs are checked before anything is written, and ``models/compressed`` is replaced in
+one step at the end (:func:`maas.provenance.atomic_dir`): a failed run leaves the previous
+folder as it was, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.compress import prune, report
+from maas.compress.variants import Inputs, Variant, VariantBuilder, model_path
+from maas.config import COMPRESSION_VARIANTS, CompressParams, Paths, to_dict
+from maas.data import read_split
+from maas.evaluate import classification_metrics, predict_texts
+from maas.provenance import (
+    PROVENANCE_FILE,
+    atomic_dir,
+    build_provenance,
+    file_hashes,
+    read_json,
+    write_json,
+)
+from maas.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+# Reloaded from disk vs in memory: the same bytes through the same runtime give the same
+# numbers; a SavedModel tokenizes in-graph and may differ in the last float bits.
+ROUNDTRIP_TOLERANCE = 1e-4
+# Pruned weights may keep a hair fewer zeros than the target (tfmot rounds per tensor).
+SPARSITY_TOLERANCE = 0.01
+
+
+class RoundTripError(RuntimeError):
+    """A variant reloaded from disk does not predict what the in-memory model predicted."""
+
+
+class SparsityError(RuntimeError):
+    """A pruned weight tensor is less sparse than the target."""
+
+
+def load_inputs(paths: Paths) -> tuple[Inputs, Any]:
+    """The teacher, tokenizer and splits, checked before any work starts.
+
+    Raises:
+        FileNotFoundError: no trained teacher, or a missing split (the training split is the
+            representative dataset of full-integer int8).
+        ValueError: an empty training split, or a teacher trained with another tokenizer.
+    """
+    from maas.export import load_keras_model
+
+    teacher_dir = paths.classifier_dir
+    if not (teacher_dir / PROVENANCE_FILE).is_file():
+        raise FileNotFoundError(
+            f"teacher not found: {teacher_dir} has no {PROVENANCE_FILE}; "
+            "run the train stage first (dvc repro train)"
+        )
+    tokenizer = Tokenizer.load(paths.tokenizer)
+    trained_with = read_json(teacher_dir / PROVENANCE_FILE).get("tokenizer_fingerprint")
+    if trained_with and trained_with != tokenizer.fingerprint():
+        raise ValueError(
+            f"the teacher in {teacher_dir} was trained with another tokenizer than "
+            f"{paths.tokenizer}: rerun the train stage"
+        )
+    try:
+        train = read_split(paths.split("train"))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"representative dataset missing: {error} (int8 calibration and fine-tuning "
+            "draw from the training split)"
+        ) from error
+    if len(train) == 0:
+        raise ValueError(f"representative dataset: {paths.split('train')} holds no posts")
+    validation, test = read_split(paths.split("validation")), read_split(paths.split("test"))
+    teacher = load_keras_model(teacher_dir)
+    inputs = Inputs(
+        teacher=teacher,
+        tokenizer=tokenizer,
+        train=(tokenizer.encode(train.texts), train.labels),
+        validation=(tokenizer.encode(validation.texts), validation.labels),
+    )
+    return inputs, test
+
+
+def write_variant(
+    variant: Variant,
+    directory: Path,
+    *,
+    tokenizer: Tokenizer,
+    params: CompressParams,
+    paths: Paths,
+) -> Path:
+    """Write one variant as an artifact folder, atomically."""
+    from maas.export import export_classifier
+
+    record_params = {"variant": variant.name, **to_dict(params)}
+    inputs = {"teacher": paths.classifier_dir / PROVENANCE_FILE, "data": paths.processed_dir}
+    extra = {"variant": variant.name, "format": variant.format, "conversion": variant.info}
+    if variant.format == "saved_model":
+        summary = {"parameters": int(variant.source.count_params())}
+        if variant.history and "val_accuracy" in variant.history:
+            summary["best_val_accuracy"] = max(variant.history["val_accuracy"])
+        export_classifier(
+            variant.source,
+            tokenizer,
+            directory,
+            params=record_params,
+            metrics=summary,
+            history=variant.history,
+            inputs=inputs,
+            stage="compress",
+            root=paths.root,
+        )
+        update_provenance(directory, extra)
+        return directory
+    with atomic_dir(directory) as out:
+        model_path(out, variant.format).write_bytes(variant.content)
+        tokenizer.save(out / TOKENIZER_FILE)
+        record = build_provenance(
+            stage="compress",
+            params=record_params,
+            inputs=inputs,
+            extra={
+                **extra,
+                "tokenizer_fingerprint": tokenizer.fingerprint(),
+                "files": file_hashes(out),
+            },
+            root=paths.root,
+        )
+        write_json(out / PROVENANCE_FILE, record)
+    return directory
+
+
+def update_provenance(directory: Path, fields: dict[str, Any]) -> None:
+    """Add fields to a folder's provenance (its file hashes do not cover provenance.json)."""
+    record = read_json(directory / PROVENANCE_FILE)
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(record.get(key), dict):
+            record[key] = {**record[key], **value}
+        else:
+            record[key] = value
+    write_json(directory / PROVENANCE_FILE, record)
+
+
+def check_round_trip(runtime, variant: Variant, texts: list[str], tokenizer: Tokenizer) -> float:
+    """Max |reloaded - in-memory| over ``texts``; :class:`RoundTripError` above tolerance."""
+    reloaded = runtime.predict(texts)
+    in_memory = variant.reference(tokenizer.encode(texts))
+    difference = float(np.max(np.abs(reloaded - in_memory)))
+    if not difference <= ROUNDTRIP_TOLERANCE:
+        raise RoundTripError(
+            f"{variant.name}: reloaded outputs differ from the in-memory model by {difference:.3g}"
+            f" (tolerance {ROUNDTRIP_TOLERANCE})"
+        )
+    return difference
+
+
+def measure(
+    name: str,
+    fmt: str,
+    predict,
+    *,
+    test,
+    labels,
+    teacher_classes: np.ndarray,
+    params: CompressParams,
+    model_file: Path,
+    source,
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, sizes, sparsity and timings of one predictor on the test split."""
+    probabilities = predict_texts(predict, test.texts)
+    classes = probabilities.argmax(axis=1)
+    scores = classification_metrics(test.labels, classes, labels)
+    row = {
+        "variant": name,
+        "format": fmt,
+        "parameters": int(source.count_params()),
+        "file_bytes": report.tree_size(model_file),
+        "gzip_bytes": report.gzip_size(model_file),
+        "sparsity": prune.overall_sparsity(source),
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "agreement_with_teacher": float(np.mean(classes == teacher_classes)),
+    }
+    row.update(report.benchmark(predict, test.texts, params.benchmark))
+    log.info("compress: %s", {k: v for k, v in row.items() if k != "variant"} | {"name": name})
+    return row
+
+
+def verify_sparsity(model, params: CompressParams) -> dict[str, float]:
+    """Per-weight sparsity of the pruned weights; raises :class:`SparsityError` if short."""
+    settings = params.prune
+    sparsity = prune.weight_sparsity(model)
+    pruned = {n: sparsity[n] for n in prune.prunable_weight_names(model, settings.layers)}
+    short = {n: s for n, s in pruned.items() if s < settings.target_sparsity - SPARSITY_TOLERANCE}
+    if short:
+        raise SparsityError(f"pruned weights below {settings.target_sparsity}: {short}")
+    return pruned
+
+
+def run(params: CompressParams, paths: Paths) -> dict[str, Any]:
+    """The compress stage. Returns the report (rows, targets, sparsity, conversions)."""
+    from maas.runtime import load_runtime
+
+    inputs, test = load_inputs(paths)
+    tokenizer, teacher = inputs.tokenizer, inputs.teacher
+    labels = tokenizer.labels
+    teacher_predict = lambda texts: teacher.predict(tokenizer.encode(texts), verbose=0)  # noqa: E731
+    teacher_classes = predict_texts(teacher_predict, test.texts).argmax(axis=1)
+    common = {"test": test, "labels": labels, "teacher_classes": teacher_classes, "params": params}
+    rows = [
+        measure(
+            "teacher_keras",
+            "keras",
+            teacher_predict,
+            **common,
+            model_file=paths.classifier_dir / "model.keras",
+            source=teacher,
+        ),
+    ]
+    served = load_runtime(paths.classifier_dir)
+    rows.append(
+        measure(
+            "teacher_saved_model",
+            "saved_model",
+            served.predict,
+            **common,
+            model_file=paths.classifier_dir / "saved_model",
+            source=teacher,
+        )
+    )
+    del served
+    builder = VariantBuilder(params, inputs)
+    check_texts = test.texts[: params.benchmark.check_examples]
+    details: dict[str, Any] = {"conversions": {}, "round_trip_max_abs_diff": {}}
+    with atomic_dir(paths.compressed_dir) as out:
+        for name in [n for n in COMPRESSION_VARIANTS if n in params.variants]:
+            started = time.perf_counter()
+            variant = builder.build(name)
+            directory = write_variant(
+                variant, out / name, tokenizer=tokenizer, params=params, paths=paths
+            )
+            if variant.info.get("source") == "pruned":  # verified per layer before it counts
+                details["pruned_sparsity"] = verify_sparsity(variant.source, params)
+                update_provenance(directory, {"sparsity": details["pruned_sparsity"]})
+            runtime = load_runtime(directory)
+            difference = check_round_trip(runtime, variant, check_texts, tokenizer)
+            row = measure(
+                name,
+                variant.format,
+                runtime.predict,
+                **common,
+                model_file=model_path(directory, variant.format),
+                source=variant.source,
+            )
+            row["round_trip_max_abs_diff"] = difference
+            row["build_seconds"] = round(time.perf_counter() - started, 1)
+            rows.append(row)
+            update_provenance(directory, {"metrics": _headline(row)})
+            details["conversions"][name] = variant.info
+            details["round_trip_max_abs_diff"][name] = difference
+            del runtime
+    details["histories"] = builder.histories
+    return finish(rows, details, paths)
+
+
+def _headline(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "macro_f1", "file_bytes", "gzip_bytes", "sparsity", "parameters")
+    return {key: row[key] for key in keys} | {
+        key: round(row[key], 4) for key in ("latency_p50_ms", "latency_p99_ms", "throughput_per_s")
+    }
+
+
+def finish(rows: list[dict[str, Any]], details: dict[str, Any], paths: Paths) -> dict[str, Any]:
+    """Write the metrics, the rows (for ``dvc plots``) and the figures; return the report."""
+    from maas import plots
+
+    by_name = {row["variant"]: row for row in rows}
+    targets = report.targets(by_name)
+    metrics = {
+        "teacher": _headline(by_name["teacher_keras"]),
+        "variants": {row["variant"]: _headline(row) for row in rows[1:]},
+        "targets": targets,
+    }
+    write_json(paths.metrics_dir / "compress.json", metrics)
+    write_json(paths.reports_dir / "compress" / "variants.json", rows)
+    plots.save(report.accuracy_vs_size(rows), paths.figures_dir / "compress_accuracy_vs_size.png")
+    plots.save(
+        report.accuracy_vs_latency(rows), paths.figures_dir / "compress_accuracy_vs_latency.png"
+    )
+    return {"rows": rows, "targets": targets, "metrics": metrics, **details}
