@@ -10,10 +10,11 @@ and prod is rolled back from v2 to v1 --repeats times in each of three situation
 - from-remote: the DVC cache is empty too, the bytes come from the DVC remote.
 
 Each rollback runs as a user runs it, `maas models rollback ... --server URL` in a new
-process, while a client sends inference requests without pause. Measured: the command's
+process, while one client sends inference requests back to back. Measured: the command's
 wall time, the time until the client first gets an answer from v1, the command's own
-materialize and switch times, and the requests that failed meanwhile (zero downtime means
-none). Writes reports/benchmarks/rollback.json, rollback.md and
+materialize and switch times, the server's own part (from its log: config.yaml seen ->
+version served, i.e. load, verify, warm-up), and the requests that failed meanwhile (zero
+downtime means none). Writes reports/benchmarks/rollback.json, rollback.md and
 reports/figures/rollback_seconds.png.
 
     .venv/bin/python benchmarks/rollback.py                     # about 4 minutes on 2 cores
@@ -23,6 +24,7 @@ reports/figures/rollback_seconds.png.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import platform
 import re
@@ -92,7 +94,7 @@ def build_project(workdir: Path) -> Path:
 
 
 class Watcher(threading.Thread):
-    """Sends inference requests without pause; notes when each answer came and from whom."""
+    """Sends inference requests back to back; notes when each answer came, and from whom."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -138,6 +140,24 @@ def prepare(scenario: str, project: Path, repository: Path, stash: Path) -> None
         stash.rename(cache)
 
 
+def server_load_seconds(log_path: Path, version: int) -> float | None:
+    """From the server's log: the last time it saw a config for ``version`` until it served
+    it (poll, load, verify, warm-up); ``None`` if the log does not say."""
+    config = re.compile(rf"^(\S+ \S+) .*config ModelConfig\(.*versions=\({version},\)")
+    ready = re.compile(rf"^(\S+ \S+) .*version {version} available")
+    seen = loaded = None
+    for line in log_path.read_text().splitlines():
+        if match := config.match(line):
+            seen, loaded = match.group(1), None
+        elif seen and (match := ready.match(line)):
+            loaded = match.group(1)
+    if not (seen and loaded):
+        return None
+    stamp = "%Y-%m-%d %H:%M:%S,%f"
+    return round((dt.datetime.strptime(loaded, stamp) - dt.datetime.strptime(seen, stamp))
+                 .total_seconds(), 3)  # fmt: skip
+
+
 def time_rollback(project: Path, repository: Path, url: str) -> dict:
     watcher = Watcher(url)
     watcher.start()
@@ -160,13 +180,17 @@ def time_rollback(project: Path, repository: Path, url: str) -> dict:
     }
 
 
+def megabytes(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
 def summarize(runs: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for scenario, results in runs.items():
         row = {"scenario": scenario, "runs": len(results)}
         for key in ("first_v1_answer_seconds", "command_seconds", "materialize_seconds",
-                    "switch_seconds"):  # fmt: skip
-            values = [r[key] for r in results]
+                    "switch_seconds", "server_load_seconds"):  # fmt: skip
+            values = [r[key] for r in results if r.get(key) is not None] or [float("nan")]
             row[f"{key.removesuffix('_seconds')} median s"] = round(statistics.median(values), 2)
             row[f"{key.removesuffix('_seconds')} max s"] = round(max(values), 2)
         row["failed requests"] = sum(r["failed_requests"] for r in results)
@@ -208,6 +232,7 @@ def main() -> int:
     os.environ.setdefault("SCIKIT_LEARN_DATA", str(ROOT.parent / "shared/data/scikit_learn_data"))
 
     project = build_project(args.workdir)
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine: noise
     repository = args.workdir / "repository"
     stash = args.workdir / "cache-stash"
     prepare("in-repository", project, repository, stash)  # a rerun may start without cache
@@ -223,7 +248,10 @@ def main() -> int:
             for _ in range(args.repeats):
                 rollout.promote(project, "classifier", "v2", "prod", deployment=back)
                 prepare(scenario, project, repository, stash)
-                runs[scenario].append(time_rollback(project, repository, server.url))
+                result = time_rollback(project, repository, server.url)
+                time.sleep(0.5)  # the log line of the swap is flushed
+                result["server_load_seconds"] = server_load_seconds(server.log_path, V1)
+                runs[scenario].append(result)
                 print(scenario, runs[scenario][-1], flush=True)
     prepare("in-repository", project, repository, stash)
 
@@ -232,7 +260,9 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared: noisy)",
         "git_revision": git_revision(ROOT),
         "server_poll_interval_s": args.poll_interval,
-        "model": "the small classifier of the test suite (SavedModel, ~0.5 MB)",
+        "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
+        "model": "the test suite's small classifier (SavedModel folder)",
+        "artifact_megabytes": round(megabytes(repository / "classifier" / str(V1)), 2),
         "summary": rows,
         "runs": runs,
     }
@@ -244,8 +274,10 @@ def main() -> int:
     text = (
         f"# Rollback benchmark ({result['machine']}, {result['git_revision']})\n\n"
         f"`maas models rollback classifier --stage prod --server URL`, v2 -> v1, while a "
-        f"client sends requests without pause; server poll interval "
-        f"{args.poll_interval:g} s; {args.repeats} runs per scenario.\n\n"
+        f"client sends requests back to back; server poll interval "
+        f"{args.poll_interval:g} s; {args.repeats} runs per scenario; artifact "
+        f"{result['artifact_megabytes']} MB; 1-minute load average before/after: "
+        f"{result['load_average_1min_before_after']}.\n\n"
         f"{markdown_table(rows)}\n\n![rollback](../figures/{figure_path.name})\n"
     )
     (ROOT / "reports" / "benchmarks" / "rollback.md").write_text(text)
