@@ -44,6 +44,12 @@ with atomic_dir("models/classifier") as out:
     (out / "assets" / "vocab.txt").write_text("a\\nb\\n" * params["repeat"])
     record = build_provenance(stage="train", params=params, extra={"files": file_hashes(out)})
     write_json(out / "provenance.json", record)
+with atomic_dir("models/compressed") as out:  # variants inside one output, as compress does
+    for variant in ("int8", "float16"):
+        (out / variant).mkdir()
+        (out / variant / "model.bin").write_bytes(variant.encode() * params["repeat"])
+        record = build_provenance(stage="", params={}, extra={"files": file_hashes(out / variant)})
+        write_json(out / variant / "provenance.json", record)
 write_json("reports/metrics/train.json", {"accuracy": params["repeat"] / 10})
 """
 
@@ -76,10 +82,13 @@ def base_project(tmp_path_factory) -> Path:
         "cmd": f"{sys.executable} make_model.py",
         "deps": ["make_model.py"],
         "params": ["fake"],
-        "outs": ["models/classifier"],
+        "outs": ["models/classifier", "models/compressed"],
         "metrics": [{"reports/metrics/train.json": {"cache": False}}],
     }
-    artifacts = {"classifier": {"path": "models/classifier", "type": "model"}}
+    artifacts = {
+        "classifier": {"path": "models/classifier", "type": "model"},
+        "classifier-int8": {"path": "models/compressed/int8", "type": "model"},
+    }
     dvc_yaml = {"stages": {"train": stage}, "artifacts": artifacts}
     (project / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     (project / ".gto").write_text("stages: [dev, staging, prod]\n")
@@ -308,6 +317,23 @@ def test_a_server_that_does_not_switch_leaves_everything_as_it_was(project: Path
     assert snapshot(repository) == before_files
 
 
+def test_a_variant_inside_a_larger_output_is_checked_file_by_file(project: Path, tmp_path):
+    registry.register(project, "classifier-int8", version="v1")
+    commit = registry.version_commit(project, "classifier-int8", "v1")
+    recorded = recorded_hashes(project, commit, "models/compressed/int8")
+    assert recorded.tree_md5 is None  # dvc.lock hashes models/compressed as a whole
+    assert set(recorded.files) == {"model.bin", "provenance.json"}
+    done = materialize(project, "classifier-int8", "v1", tmp_path / "int8")
+    assert snapshot(done.path) == snapshot(project / "models" / "compressed" / "int8")
+
+    damaged = cache_object(project, recorded.files["model.bin"])
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"corrupt")
+    with pytest.raises(IntegrityError, match="model.bin"):
+        materialize(project, "classifier-int8", "v1", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
 # ---- plain DVC -------------------------------------------------------------------------
 
 
@@ -318,6 +344,6 @@ def test_plain_git_checkout_and_dvc_checkout_restore_a_version(project: Path):
     assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)
     shutil.rmtree(project / ".dvc" / "cache")  # and from the remote: dvc pull
     shutil.rmtree(project / "models")
-    run(project, DVC, "pull", "--quiet")
+    run(project, DVC, "pull", "--quiet", "models/classifier")  # register pushed only that
     assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)
     assert verify_files(project / "models" / "classifier") == []
