@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,10 +81,13 @@ def run_config(project: Path, name: str, logs: Path) -> dict:
     argv = [sys.executable, "-m", "maas.train_cli", "--params-file", str(project / "params.yaml")]
     argv += ["--strategy", strategy, *flags]
     load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
-    with (logs / f"{name}.log").open("w") as log:
+    with (logs / f"{name}.log").open("a") as log:
         completed = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
     wall = time.time() - launched
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     row = {"config": name, "strategy": strategy, "units": units, "ok": completed.returncode == 0}
     if not row["ok"]:
         return {**row, "error": f"exit status {completed.returncode}, see {logs / name}.log"}
@@ -94,9 +99,29 @@ def run_config(project: Path, name: str, logs: Path) -> dict:
         "time_to_first_step_s": round(first - launched, 1) if first else None,
         "time_to_train_start_s": round(metrics["train_started_at"] - launched, 1),
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
         "val_accuracy": round(metrics["val_accuracy"], 4),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One row per configuration: medians over its repeats, with the throughput's range."""
+    done = [r for r in runs if r["ok"]]
+    if not done:
+        return runs[0]
+    row = dict(done[0])
+    for key in ("examples_per_second", "time_to_first_step_s", "time_to_train_start_s",
+                "wall_seconds", "cpu_seconds", "val_accuracy"):  # fmt: skip
+        values = [r[key] for r in done if r.get(key) is not None]
+        row[key] = (
+            round(statistics.median(values), 1 if key != "val_accuracy" else 4) if values else None
+        )
+    speeds = [r["examples_per_second"] for r in done]
+    row["examples_per_second_range"] = [min(speeds), max(speeds)]
+    row["repeats"] = len(done)
+    row["load_average"] = [r["load_average"] for r in done]
+    return row
 
 
 def add_efficiency(rows: list[dict]) -> None:
@@ -108,6 +133,11 @@ def add_efficiency(rows: list[dict]) -> None:
             row["speedup_vs_one_device"] = round(
                 row["examples_per_second"] / base["examples_per_second"], 3
             )
+
+
+def loads(rows: list[dict]) -> str:
+    values = [v for r in rows for pair in r.get("load_average", []) for v in pair]
+    return f"{min(values):.1f} to {max(values):.1f}" if values else "n/a"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -149,6 +179,7 @@ def main() -> int:
     parser.add_argument("--docs-per-class", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
@@ -157,10 +188,12 @@ def main() -> int:
         )
         logs = Path(scratch) / "logs"
         logs.mkdir()
-        rows = []
-        for name in args.only:
-            rows.append(run_config(project, name, logs))
-            print(rows[-1], flush=True)
+        runs: dict[str, list[dict]] = {name: [] for name in args.only}
+        for _ in range(args.repeats):  # round robin: a busy spell hits every configuration
+            for name in args.only:
+                runs[name].append(run_config(project, name, logs))
+                print(runs[name][-1], flush=True)
+        rows = [summarize(runs[name]) for name in args.only]
         train_posts = sum(1 for _ in (project / "data" / "processed" / "train.jsonl").open())
     add_efficiency(rows)
     result = {
@@ -169,20 +202,24 @@ def main() -> int:
         "train_posts": train_posts,
         "epochs": args.epochs,
         "categories": CATEGORIES,
-        "runs": rows,
+        "repeats": args.repeats,
+        "configurations": rows,
+        "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "distributed.json", result)
     plot(rows, args.out / "distributed.png")
     columns = [
-        "config", "examples_per_second", "scaling_efficiency", "speedup_vs_one_device",
-        "time_to_first_step_s", "time_to_train_start_s", "wall_seconds", "val_accuracy",
-        "load_average",
+        "config", "examples_per_second", "examples_per_second_range", "scaling_efficiency",
+        "speedup_vs_one_device", "time_to_first_step_s", "time_to_train_start_s",
+        "wall_seconds", "cpu_seconds", "val_accuracy",
     ]  # fmt: skip
     text = (
         f"# Distributed training benchmark ({result['machine']}, {result['git_revision']})\n\n"
         f"{train_posts} training posts of {len(CATEGORIES)} newsgroups, {args.epochs} epochs, "
-        "the default model of params.yaml; one run per configuration.\n\n"
+        f"the default model of params.yaml; medians of {args.repeats} runs per configuration, "
+        "run in turn. cpu_seconds: all processes of a run together. Load average (1 min) "
+        f"during the runs: {loads(rows)}.\n\n"
         f"{markdown_table(rows, columns)}\n"
     )
     (args.out / "distributed.md").write_text(text.replace("| None |", "| n/a |"))

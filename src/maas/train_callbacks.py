@@ -115,6 +115,8 @@ class ThroughputMeter(keras.callbacks.Callback):
         super().__init__()
         self.marker = marker
         self.batch_hooks = batch_hooks
+        # The logs are never read: Keras need not convert them to numpy (a sync) each step.
+        self._supports_tf_logs = True
         self.train_started_at: float | None = None  # wall clock, time.time()
         self.first_step_at: float | None = None
         self.epoch_seconds: list[float] = []
