@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serving_support import tflite_artifact, write_repository
+from serving_support import tflite_artifact, wait_for, write_repository
 
 from maas.runtime import load_runtime
 from maas.serving.app import ServerConfig, create_app
@@ -184,6 +185,11 @@ def test_v2_standard_client_json_mode_payloads(client, expected):
         "class_ids",
         "probabilities",
     }
+    # The binary extension (tritonclient's default) is refused clearly, not as bad JSON.
+    binary = json.dumps(no_outputs).encode() + b"\x00\x00\x00\x05hello"
+    header = {"Inference-Header-Content-Length": str(len(binary) - 9)}
+    refused = client.post("/v2/models/lite/infer", content=binary, headers=header)
+    assert refused.status_code == 400 and "binary_data=False" in refused.json()["error"]
 
 
 def test_seed_api(client, expected):
@@ -342,3 +348,20 @@ def test_api_keys_guard_everything_but_health(repository):
         assert client.post(V1, json=body, headers={"x-api-key": "s3cret-key"}).status_code == 200
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_background_loading_is_live_at_once_and_ready_once_loaded(repository):
+    config = ServerConfig(model_repository=repository, poll_interval_s=0, load_in_background=True)
+    app = create_app(config)
+    models = app.state.maas.repository
+    release = threading.Event()
+    original = models._load
+    models._load = lambda *args: release.wait(30) and original(*args)
+    with TestClient(app) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 503
+        loading = client.post(V1, json={"instances": ["a"]})
+        assert loading.status_code == 503 and "loading" in loading.json()["error"]
+        release.set()
+        wait_for(lambda: client.get("/v2/health/ready").status_code == 200, timeout=60)
+        assert client.post(V1, json={"instances": ["a"]}).status_code == 200

@@ -1,7 +1,8 @@
 """The FastAPI application: routers, middleware, error handlers and the repository's lifespan.
 
 :func:`create_app` builds the app from a :class:`ServerConfig`. Its lifespan loads every
-model before the first request is served, then polls the repository in the background
+model (before the first request, or in the background while liveness already answers and
+readiness says 503), then polls the repository in the background
 (loading in a worker thread, so requests keep flowing) and, at shutdown, lets the batchers
 finish the requests they hold. Middleware, outermost first: metrics and access log, API
 keys, JSON content type, body size limit.
@@ -47,6 +48,9 @@ class ServerConfig:
     batching: bool = True
     max_batch_size: int = 32
     batch_timeout_s: float = 0.005  # the longest a request waits for its batch to fill
+    # True: answer /v2/health/live at once and load the models meanwhile (ready once loaded);
+    # False: load every model before the server accepts its first request.
+    load_in_background: bool = False
     api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests; empty: no keys needed
     limits: Limits = DEFAULT_LIMITS
 
@@ -89,10 +93,13 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _poll_once(state)
+        if not config.load_in_background:
+            await _poll_once(state)
         poller = None
-        if config.poll_interval_s > 0:
-            poller = asyncio.create_task(_poll_forever(state, config.poll_interval_s))
+        if config.poll_interval_s > 0 or config.load_in_background:
+            poller = asyncio.create_task(
+                _poll_forever(state, config.poll_interval_s, first_now=config.load_in_background)
+            )
         try:
             yield
         finally:
@@ -140,13 +147,18 @@ async def _poll_once(state: ServerState) -> None:
     _update_model_gauges(state)
 
 
-async def _poll_forever(state: ServerState, interval: float) -> None:
-    while True:
+async def _poll_forever(state: ServerState, interval: float, *, first_now: bool) -> None:
+    """Poll every ``interval`` seconds (0: only the first poll, when ``first_now``)."""
+    if not first_now:
         await asyncio.sleep(interval)
+    while True:
         try:
             await _poll_once(state)
         except Exception:  # a vanished folder, a full disk: log, keep serving, retry
             log.exception("polling the model repository failed")
+        if interval <= 0:
+            return
+        await asyncio.sleep(interval)
 
 
 def _update_model_gauges(state: ServerState) -> None:
@@ -162,7 +174,9 @@ class JsonContentTypeMiddleware:
     """Reads every request body as JSON, whatever its declared type.
 
     ``curl -d`` declares ``application/x-www-form-urlencoded``; TensorFlow Serving's
-    documented examples rely on the body being read as JSON all the same.
+    documented examples rely on the body being read as JSON all the same. A body in the
+    OIP binary tensor extension (``Inference-Header-Content-Length``) is refused here with
+    a clear message, before it fails to parse as JSON.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -171,6 +185,10 @@ class JsonContentTypeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            if any(k == b"inference-header-content-length" for k, _ in headers):
+                message = "binary tensor data is not supported: send JSON (binary_data=False)"
+                await FastJSONResponse({"error": message}, status_code=400)(scope, receive, send)
+                return
             # In place: the outer middleware reads what handlers note in this same scope.
             scope["headers"] = [*headers, (b"content-type", b"application/json")]
         await self.app(scope, receive, send)

@@ -181,6 +181,7 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         default_policy=args.version_policy,
         default_model=args.default_model,
         batching=not args.no_batching,
+        load_in_background=True,  # liveness answers at once; readiness once models load
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000,
         api_key_hashes=tuple(hashes),

@@ -121,6 +121,8 @@ class ModelRepository:
     def _state(self, model: str) -> _ModelState:
         state = self._models.get(model)
         if state is None:
+            if self.polls == 0:
+                raise ServingError(503, "the models are still loading; retry shortly")
             raise ServingError(404, f"model {model!r} not found")
         return state
 
