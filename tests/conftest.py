@@ -6,6 +6,7 @@ the full-size run. The expensive fixtures are session-scoped and built once.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -30,15 +31,36 @@ SMALL_OVERRIDES = {
         "sequence_length": 64,
     },
     "train": {"embedding_dim": 16, "lstm_units": 8, "epochs": 2, "batch_size": 32},
+    # A few variants, briefly fine-tuned and timed: the full list runs in test_compress_stage.
+    "compress": {
+        "variants": ["float32", "int8", "distilled", "onnx"],
+        "representative_examples": 16,
+        "prune": {"epochs": 2, "ramp_epochs": 1, "frequency": 1},
+        "distill": {"epochs": 3},
+        "benchmark": {
+            "latency_examples": 5,
+            "throughput_batches": 1,
+            "warmup": 1,
+            "check_examples": 8,
+        },
+    },
 }
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Apply nested overrides in place: sub-sections are merged, other values replaced."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def small_params_dict() -> dict:
     """``params.yaml`` with the small overrides applied (a fresh copy every call)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in SMALL_OVERRIDES.items():
-        params[section].update(values)
-    return params
+    return merge(params, copy.deepcopy(SMALL_OVERRIDES))
 
 
 def write_project(target: Path, params: dict | None = None) -> Path:

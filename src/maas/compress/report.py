@@ -216,3 +216,31 @@ def accuracy_vs_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
     )
     figure.axes[0].set_title("Accuracy against latency")
     return figure
+
+
+def target_rows(targets: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The targets as table rows: one per checked variant, its measured figures beside."""
+    return [
+        {
+            "target": name,
+            "met": values.get("met"),
+            **{k: v for k, v in values.items() if k != "met"},
+        }
+        for name, values in targets.items()
+    ]
+
+
+def conversion_rows(conversions: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What each conversion produced: mode, integer-only or not (and why), its ops."""
+    return [
+        {
+            "variant": name,
+            "source": info.get("source", ""),
+            "mode": info.get("mode", info.get("opset", "")),
+            "integer only": info.get("integer_only", ""),
+            "ops": ", ".join(f"{op}×{n}" for op, n in info.get("ops", {}).items()),
+            "fallback reason": info.get("fallback_reason", ""),
+        }
+        for name, info in conversions.items()
+        if "ops" in info
+    ]
