@@ -30,9 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,10 @@ CONFIGS = {
 }
 
 
+def posts(project: Path) -> int:
+    return sum(1 for _ in (project / "data" / "processed" / "train.jsonl").open())
+
+
 def make_project(directory: Path, *, docs_per_class: int, epochs: int) -> Path:
     """A project with the default model, a corpus subset, and its data stage done."""
     from maas import config, data
@@ -76,6 +82,43 @@ def make_project(directory: Path, *, docs_per_class: int, epochs: int) -> Path:
     return directory
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by a process and all its living descendants."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+class CpuSampler(threading.Thread):
+    """Samples a process tree's CPU seconds four times a second, with wall-clock times."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.done = pid, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.25):
+            self.samples.append((time.time(), tree_cpu_seconds(self.pid)))
+
+    def between(self, start: float, end: float) -> float:
+        times, seconds = zip(*self.samples, strict=True)
+        return float(np.interp(end, times, seconds) - np.interp(start, times, seconds))
+
+
 def run_config(project: Path, name: str, logs: Path) -> dict:
     strategy, units, flags = CONFIGS[name]
     argv = [sys.executable, "-m", "maas.train_cli", "--params-file", str(project / "params.yaml")]
@@ -84,20 +127,32 @@ def run_config(project: Path, name: str, logs: Path) -> dict:
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     with (logs / f"{name}.log").open("a") as log:
-        completed = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        sampler = CpuSampler(process.pid)
+        sampler.start()
+        returncode = process.wait(timeout=3600)
+        sampler.done.set()
+        sampler.join()
     wall = time.time() - launched
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
-    row = {"config": name, "strategy": strategy, "units": units, "ok": completed.returncode == 0}
+    row = {"config": name, "strategy": strategy, "units": units, "ok": returncode == 0}
     if not row["ok"]:
-        return {**row, "error": f"exit status {completed.returncode}, see {logs / name}.log"}
+        return {**row, "error": f"exit status {returncode}, see {logs / name}.log"}
     metrics = read_json(project / "models" / "classifier" / "provenance.json")["metrics"]
-    first = metrics.get("first_step_at")
+    timeline = metrics["timeline"]
+    first = timeline.get("first_step")
+    # The steady epochs (all but the first): CPU of every process of the job over that time.
+    steady = timeline["train_ended"] - timeline["steady_started"]
+    steady_cpu = sampler.between(timeline["steady_started"], timeline["train_ended"])
+    steady_epochs = metrics["epochs_run"] - 1
     return {
         **row,
         "examples_per_second": metrics["steady_examples_per_second"],
         "time_to_first_step_s": round(first - launched, 1) if first else None,
-        "time_to_train_start_s": round(metrics["train_started_at"] - launched, 1),
+        "time_to_train_start_s": round(timeline["train_started"] - launched, 1),
+        "examples_per_cpu_second": round(steady_epochs * posts(project) / steady_cpu, 1),
+        "cores_used": round(steady_cpu / steady, 2),
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(cpu, 1),
         "val_accuracy": round(metrics["val_accuracy"], 4),
@@ -111,8 +166,9 @@ def summarize(runs: list[dict]) -> dict:
     if not done:
         return runs[0]
     row = dict(done[0])
-    for key in ("examples_per_second", "time_to_first_step_s", "time_to_train_start_s",
-                "wall_seconds", "cpu_seconds", "val_accuracy"):  # fmt: skip
+    for key in ("examples_per_second", "examples_per_cpu_second", "cores_used",
+                "time_to_first_step_s", "time_to_train_start_s", "wall_seconds", "cpu_seconds",
+                "val_accuracy"):  # fmt: skip
         values = [r[key] for r in done if r.get(key) is not None]
         row[key] = (
             round(statistics.median(values), 1 if key != "val_accuracy" else 4) if values else None
@@ -133,6 +189,11 @@ def add_efficiency(rows: list[dict]) -> None:
             row["speedup_vs_one_device"] = round(
                 row["examples_per_second"] / base["examples_per_second"], 3
             )
+            # Work done per CPU-second relative to one device: what the overhead costs,
+            # whatever else the machine is running.
+            row["cpu_efficiency"] = round(
+                row["examples_per_cpu_second"] / base["examples_per_cpu_second"], 3
+            )
 
 
 def loads(rows: list[dict]) -> str:
@@ -150,11 +211,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
     done = [r for r in rows if r["ok"]]
     names = [r["config"] for r in done]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    figure, axes = plt.subplots(1, 4, figsize=(19, 4.5))
     panels = [
-        ("examples_per_second", "training examples / s (steady)"),
+        ("examples_per_second", "training examples / s (steady; range of runs)"),
+        ("examples_per_cpu_second", "examples per CPU-second (all processes)"),
         ("scaling_efficiency", "scaling efficiency (1.0 = linear)"),
-        ("time_to_first_step_s", "seconds to first step (ps: to training start)"),
+        ("time_to_first_step_s", "seconds to first step (ps, hatched: to training start)"),
     ]
     for axis, (key, title) in zip(axes, panels, strict=True):
         values = [
@@ -165,7 +227,15 @@ def plot(rows: list[dict], path: Path) -> None:
         for bar, row in zip(bars, done, strict=True):
             if key == "time_to_first_step_s" and row.get(key) is None:
                 bar.set_hatch("//")  # parameter_server: time to the training loop's start
-        axis.set_title(title)
+        if key == "examples_per_second":
+            low = [
+                v - r["examples_per_second_range"][0] for v, r in zip(values, done, strict=True)
+            ]
+            high = [
+                r["examples_per_second_range"][1] - v for v, r in zip(values, done, strict=True)
+            ]
+            axis.errorbar(values, names, xerr=[low, high], fmt="none", ecolor="black")
+        axis.set_title(title, fontsize=10)
         axis.invert_yaxis()
         if key == "scaling_efficiency":
             axis.axvline(1.0, color="grey", linestyle="--")
@@ -194,7 +264,7 @@ def main() -> int:
                 runs[name].append(run_config(project, name, logs))
                 print(runs[name][-1], flush=True)
         rows = [summarize(runs[name]) for name in args.only]
-        train_posts = sum(1 for _ in (project / "data" / "processed" / "train.jsonl").open())
+        train_posts = posts(project)
     add_efficiency(rows)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
@@ -211,8 +281,8 @@ def main() -> int:
     plot(rows, args.out / "distributed.png")
     columns = [
         "config", "examples_per_second", "examples_per_second_range", "scaling_efficiency",
-        "speedup_vs_one_device", "time_to_first_step_s", "time_to_train_start_s",
-        "wall_seconds", "cpu_seconds", "val_accuracy",
+        "examples_per_cpu_second", "cpu_efficiency", "cores_used", "time_to_first_step_s",
+        "time_to_train_start_s", "wall_seconds", "cpu_seconds", "val_accuracy",
     ]  # fmt: skip
     text = (
         f"# Distributed training benchmark ({result['machine']}, {result['git_revision']})\n\n"

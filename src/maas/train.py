@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,7 @@ class TrainResult:
     examples_per_second: float  # this process's epochs over its wall time (tracing included)
     initial_epoch: int = 0  # > 0: resumed from a backup after that many epochs
     steady_examples_per_second: float | None = None  # median epoch, the first left out
-    train_started_at: float | None = None  # wall clock (time.time()): the first epoch began
-    first_step_at: float | None = None  # wall clock: the first step ended (not under ps)
+    timeline: dict[str, float] = field(default_factory=dict)  # see ThroughputMeter
 
 
 @dataclass
@@ -208,8 +207,7 @@ def fit(
         examples_per_second=epochs_here * len(train[0]) / seconds,
         initial_epoch=initial_epoch,
         steady_examples_per_second=len(train[0]) / steady if steady else None,
-        train_started_at=meter.train_started_at,
-        first_step_at=meter.first_step_at,
+        timeline=meter.timeline,
     )
 
 
@@ -278,8 +276,7 @@ def train_and_export(
         "train_seconds": round(result.seconds, 1),
         "examples_per_second": round(result.examples_per_second, 1),
         "steady_examples_per_second": round(result.steady_examples_per_second or 0.0, 1),
-        "train_started_at": result.train_started_at,
-        "first_step_at": result.first_step_at,
+        "timeline": result.timeline,  # wall-clock stamps (benchmarks read them)
         "val_accuracy": result.history["val_accuracy"][best],
         "val_loss": result.history["val_loss"][best],
         "parameters": int(model.count_params()),

@@ -102,7 +102,10 @@ class LiveLogger(keras.callbacks.Callback):
 
 
 class ThroughputMeter(keras.callbacks.Callback):
-    """When training began and its first step ended, and each epoch's training time.
+    """Each epoch's training time, and a timeline of wall-clock stamps (``time.time()``):
+    ``train_started`` (the first epoch began), ``first_step`` (the first step ended; not
+    under ParameterServerStrategy), ``steady_started`` (the second epoch began) and
+    ``train_ended``.
 
     Args:
         marker: a file written as soon as training is under way (a local launcher watches
@@ -117,8 +120,7 @@ class ThroughputMeter(keras.callbacks.Callback):
         self.batch_hooks = batch_hooks
         # The logs are never read: Keras need not convert them to numpy (a sync) each step.
         self._supports_tf_logs = True
-        self.train_started_at: float | None = None  # wall clock, time.time()
-        self.first_step_at: float | None = None
+        self.timeline: dict[str, float] = {}
         self.epoch_seconds: list[float] = []
         self._epoch_start = 0.0
         self._epoch_open = False
@@ -126,20 +128,22 @@ class ThroughputMeter(keras.callbacks.Callback):
     def _implements_train_batch_hooks(self) -> bool:
         return self.batch_hooks
 
+    def _stamp(self, event: str) -> None:
+        self.timeline.setdefault(event, time.time())
+
     def _mark(self) -> None:
         if self.marker is not None and not self.marker.exists():
             write_json(self.marker, {"at": time.time()})
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
+        if "first_step" not in self.timeline:
+            self._stamp("first_step")
             self._mark()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.train_started_at is None:
-            self.train_started_at = time.time()
-            if not self.batch_hooks:
-                self._mark()
+        self._stamp("steady_started" if "train_started" in self.timeline else "train_started")
+        if not self.batch_hooks:
+            self._mark()
         self._epoch_start, self._epoch_open = time.perf_counter(), True
 
     def on_test_begin(self, logs: dict | None = None) -> None:
@@ -147,6 +151,9 @@ class ThroughputMeter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._close_epoch()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._stamp("train_ended")
 
     def _close_epoch(self) -> None:
         if self._epoch_open:

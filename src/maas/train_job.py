@@ -230,15 +230,15 @@ def run_local_job(
 def time_to_start(summary: dict[str, Any], *, since: float) -> dict[str, float]:
     """Seconds from ``since`` (wall clock) until training began and its first step ended.
 
-    Pops the wall-clock stamps from ``summary`` (the provenance keeps them)."""
+    Pops the wall-clock timeline from ``summary`` (the model's provenance keeps it)."""
+    timeline = summary.pop("timeline", None) or {}
     times = {}
     for event, name in (
-        ("train_started_at", "time_to_train_start_s"),
-        ("first_step_at", "time_to_first_step_s"),  # none under ParameterServerStrategy
+        ("train_started", "time_to_train_start_s"),
+        ("first_step", "time_to_first_step_s"),  # none under ParameterServerStrategy
     ):
-        stamp = summary.pop(event, None)
-        if stamp:
-            times[name] = round(stamp - since, 1)
+        if event in timeline:
+            times[name] = round(timeline[event] - since, 1)
     return times
 
 
