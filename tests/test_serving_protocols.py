@@ -45,6 +45,14 @@ def repository(artifacts, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lite_repository(artifacts, tmp_path_factory):
+    """TFLite only: loads in milliseconds, for the tests that build an app of their own."""
+    return write_repository(
+        tmp_path_factory.mktemp("lite-repo"), {"lite": {1: artifacts["tflite"]}}
+    )
+
+
+@pytest.fixture(scope="module")
 def client(repository):
     config = ServerConfig(
         model_repository=repository, poll_interval_s=0, default_model="classifier", limits=LIMITS
@@ -316,8 +324,8 @@ def test_one_structured_access_log_line_per_request(client, caplog):
     assert line["duration_ms"] > 0
 
 
-def test_a_model_failure_is_a_json_500_without_traceback(repository, monkeypatch):
-    config = ServerConfig(model_repository=repository, poll_interval_s=0, batching=False)
+def test_a_model_failure_is_a_json_500_without_traceback(lite_repository, monkeypatch):
+    config = ServerConfig(model_repository=lite_repository, poll_interval_s=0, batching=False)
     with TestClient(create_app(config), raise_server_exceptions=False) as client:
         loaded = client.app.state.maas.repository.resolve("lite")
 
@@ -332,9 +340,11 @@ def test_a_model_failure_is_a_json_500_without_traceback(repository, monkeypatch
         assert client.get("/v2/health/live").status_code == 200
 
 
-def test_api_keys_guard_everything_but_health(repository):
+def test_api_keys_guard_everything_but_health(lite_repository):
     hashes = (bytes.fromhex(hash_key("s3cret-key").removeprefix("sha256:")),)
-    config = ServerConfig(model_repository=repository, poll_interval_s=0, api_key_hashes=hashes)
+    config = ServerConfig(
+        model_repository=lite_repository, poll_interval_s=0, api_key_hashes=hashes
+    )
     with TestClient(create_app(config)) as client:
         body = {"instances": ["a"]}
         denied = client.post(V1, json=body)
@@ -350,8 +360,10 @@ def test_api_keys_guard_everything_but_health(repository):
         assert client.get("/v2/health/ready").status_code == 200
 
 
-def test_background_loading_is_live_at_once_and_ready_once_loaded(repository):
-    config = ServerConfig(model_repository=repository, poll_interval_s=0, load_in_background=True)
+def test_background_loading_is_live_at_once_and_ready_once_loaded(lite_repository):
+    config = ServerConfig(
+        model_repository=lite_repository, poll_interval_s=0, load_in_background=True
+    )
     app = create_app(config)
     models = app.state.maas.repository
     release = threading.Event()

@@ -163,7 +163,8 @@ class ModelRepository:
                 )
             return served[number]
         if not served:
-            raise ServingError(503, f"model {model!r} has no version available")
+            loading = "; the models are still loading, retry shortly" if self.polls == 0 else ""
+            raise ServingError(503, f"model {model!r} has no version available{loading}")
         return served[max(served)]
 
     # ---- polling (worker thread) --------------------------------------------------------
