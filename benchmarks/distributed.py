@@ -68,13 +68,17 @@ def posts(project: Path) -> int:
     return sum(1 for _ in (project / "data" / "processed" / "train.jsonl").open())
 
 
-def make_project(directory: Path, *, docs_per_class: int, epochs: int) -> Path:
-    """A project with the default model, a corpus subset, and its data stage done."""
+def make_project(
+    directory: Path, *, docs_per_class: int, epochs: int, patience: int | None
+) -> Path:
+    """A project with the default model, a corpus subset, and its data stage done.
+
+    ``patience`` None: no early stopping (every run trains ``epochs`` epochs)."""
     from maas import config, data
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(categories=CATEGORIES, max_documents_per_class=docs_per_class)
-    params["train"].update(epochs=epochs, early_stopping_patience=epochs)
+    params["train"].update(epochs=epochs, early_stopping_patience=patience or epochs)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
     loaded = config.load_params(directory / "params.yaml")
@@ -156,6 +160,7 @@ def run_config(project: Path, name: str, logs: Path) -> dict:
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(cpu, 1),
         "val_accuracy": round(metrics["val_accuracy"], 4),
+        "epochs_run": metrics["epochs_run"],
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -168,7 +173,7 @@ def summarize(runs: list[dict]) -> dict:
     row = dict(done[0])
     for key in ("examples_per_second", "examples_per_cpu_second", "cores_used",
                 "time_to_first_step_s", "time_to_train_start_s", "wall_seconds", "cpu_seconds",
-                "val_accuracy"):  # fmt: skip
+                "val_accuracy", "epochs_run"):  # fmt: skip
         values = [r[key] for r in done if r.get(key) is not None]
         row[key] = (
             round(statistics.median(values), 1 if key != "val_accuracy" else 4) if values else None
@@ -248,13 +253,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs-per-class", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping as in the train stage (time to a trained model); default: none",
+    )
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
         project = make_project(
-            Path(scratch) / "project", docs_per_class=args.docs_per_class, epochs=args.epochs
+            Path(scratch) / "project",
+            docs_per_class=args.docs_per_class,
+            epochs=args.epochs,
+            patience=args.patience,
         )
         logs = Path(scratch) / "logs"
         logs.mkdir()
@@ -271,6 +284,7 @@ def main() -> int:
         "git_revision": git_revision(ROOT),
         "train_posts": train_posts,
         "epochs": args.epochs,
+        "early_stopping_patience": args.patience,
         "categories": CATEGORIES,
         "repeats": args.repeats,
         "configurations": rows,
@@ -282,11 +296,13 @@ def main() -> int:
     columns = [
         "config", "examples_per_second", "examples_per_second_range", "scaling_efficiency",
         "examples_per_cpu_second", "cpu_efficiency", "cores_used", "time_to_first_step_s",
-        "time_to_train_start_s", "wall_seconds", "cpu_seconds", "val_accuracy",
+        "time_to_train_start_s", "wall_seconds", "cpu_seconds", "val_accuracy", "epochs_run",
     ]  # fmt: skip
     text = (
         f"# Distributed training benchmark ({result['machine']}, {result['git_revision']})\n\n"
-        f"{train_posts} training posts of {len(CATEGORIES)} newsgroups, {args.epochs} epochs, "
+        f"{train_posts} training posts of {len(CATEGORIES)} newsgroups, {args.epochs} epochs"
+        + (f" at most (early stopping, patience {args.patience})" if args.patience else "")
+        + ", "
         f"the default model of params.yaml; medians of {args.repeats} runs per configuration, "
         "run in turn. cpu_seconds: all processes of a run together. Load average (1 min) "
         f"during the runs: {loads(rows)}.\n\n"
