@@ -35,7 +35,12 @@ pytestmark = pytest.mark.slow
 EVERY_VARIANT = {
     "compress": {
         "variants": list(COMPRESSION_VARIANTS),
-        "prune": {"epochs": 2, "ramp_epochs": 1, "frequency": 1},
+        "prune": {
+            "epochs": 2,
+            "ramp_epochs": 1,
+            "frequency": 1,
+            "layers": ["embedding", "lstm", "dense"],
+        },
         # A student smaller than the tiny teacher, as the full-size one is (embedding 24 vs 128).
         "distill": {"epochs": 3, "embedding_dim": 4},
         "benchmark": {"latency_examples": 5, "throughput_batches": 1, "warmup": 1},

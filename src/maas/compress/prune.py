@@ -11,7 +11,8 @@ four LSTM kernels as prunable. tfmot's wrapper also drops Keras masks (it define
 :class:`MaskKeepingPruneLowMagnitude` passes the wrapped layer's mask on.
 
 Sparsity follows a :class:`PolynomialDecay` schedule from 0 to the target over
-``ramp_epochs``, then stays at the target for the remaining (recovery) epochs. After
+``ramp_epochs``, then stays at the target for the remaining (recovery) epochs; the weights
+kept are those of the best validation epoch at the target sparsity. After
 ``strip_pruning`` the weights are copied into a plain copy of the original architecture, so
 the pruned model saves, loads and converts like the teacher.
 """
@@ -42,6 +43,33 @@ class MaskKeepingPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
+
+
+class BestAtTargetSparsity(keras.callbacks.Callback):
+    """Keep the weights of the best validation epoch among those at the target sparsity.
+
+    Fine-tuning a model that early stopping already chose overfits within a few epochs: the
+    recovery epochs help only until they do. Epochs before the ramp ends do not count, their
+    weights being less sparse than asked. Must run after ``UpdatePruningStep``, which masks
+    the weights at each epoch's end.
+    """
+
+    def __init__(self, first_epoch: int) -> None:
+        super().__init__()
+        self.first_epoch = first_epoch  # 0-based: the first epoch that ends at the target
+        self.best_score = -math.inf
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        score = (logs or {}).get("val_accuracy")
+        if epoch >= self.first_epoch and score is not None and score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch + 1
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 def layer_kind(layer: keras.layers.Layer) -> str | None:
@@ -119,6 +147,7 @@ def prune(
         frequency=frequency,
     )
     wrapped = prunable_clone(model, schedule=schedule, layers=layers)
+    keeper = BestAtTargetSparsity(first_epoch=ramp_epochs - 1)
     wrapped.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -130,13 +159,15 @@ def prune(
         batch_size=batch_size,
         epochs=epochs,
         shuffle=True,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), keeper],
         verbose=0,
     ).history
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     plain = keras.models.clone_model(model)  # the original classes: no custom objects to load
     plain.set_weights(stripped.get_weights())
-    return plain, {k: [float(v) for v in values] for k, values in history.items()}
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    history["kept_epoch"] = [float(keeper.best_epoch or epochs)]
+    return plain, history
 
 
 def prunable_weight_names(model: keras.Model, layers: Sequence[str]) -> list[str]:

@@ -3,7 +3,8 @@
 Timings are taken through the same callable a server uses, ``predict(texts)``, so they
 *include tokenization* (raw text in, probabilities out) for every row alike; the teacher's
 Keras row is ``model.predict(tokenizer.encode(texts))``, also from raw text. They are wall
-times on this machine's CPU, while other work may share it: compare rows of one run.
+times on this machine's CPU, while other work may share it: all rows are timed in turns
+(:func:`benchmark`), and rows of one run compare; runs compare less well.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ TABLE_COLUMNS = {
     "variant": "variant",
     "format": "format",
     "parameters": "parameters",
-    "file_kb": "file kB",
-    "gzip_kb": "gzip kB",
+    "file_mb": "file MB",
+    "gzip_mb": "gzip MB",
     "sparsity": "sparsity",
     "accuracy": "test accuracy",
     "macro_f1": "macro-F1",
@@ -57,66 +58,71 @@ def gzip_size(path: str | Path) -> int:
     return sum(len(gzip.compress(item.read_bytes(), compresslevel=9, mtime=0)) for item in files)
 
 
-def latency(predict: Predict, texts: Sequence[str], *, warmup: int) -> dict[str, float]:
-    """Single-text latency: ``predict([text])`` once per text; p50 and p99 in milliseconds."""
-    for text in list(texts)[:warmup]:
-        predict([text])
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        predict([text])
-        times.append(time.perf_counter() - start)
-    millis = np.asarray(times) * 1000.0
-    return {
-        "latency_p50_ms": float(np.percentile(millis, 50)),
-        "latency_p99_ms": float(np.percentile(millis, 99)),
-    }
-
-
-def throughput(
-    predict: Predict, texts: Sequence[str], *, batch_size: int, batches: int, warmup: int
-) -> float:
-    """Posts per second over ``batches`` calls of ``batch_size`` texts each."""
+def batches(texts: Sequence[str], *, batch_size: int, count: int) -> list[list[str]]:
+    """``count`` batches of ``batch_size`` texts, cycling through ``texts``."""
     texts = list(texts)
-    chunks = [
-        [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
-        for i in range(batches)
+    return [
+        [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)] for i in range(count)
     ]
-    for chunk in chunks[: min(warmup, 2)]:
-        predict(chunk)
+
+
+def _timed(predict: Predict, texts: Sequence[str]) -> float:
     start = time.perf_counter()
-    for chunk in chunks:
-        predict(chunk)
-    return batch_size * batches / (time.perf_counter() - start)
+    predict(texts)
+    return time.perf_counter() - start
 
 
-def benchmark(predict: Predict, texts: Sequence[str], params: BenchmarkParams) -> dict[str, float]:
-    """Latency p50/p99 and batch throughput of one predictor on the given texts."""
+def benchmark(
+    predictors: Mapping[str, Predict], texts: Sequence[str], params: BenchmarkParams
+) -> dict[str, dict[str, float]]:
+    """Single-text latency (p50, p99 in ms) and batch throughput of several predictors.
+
+    Measured in turns: each text goes through every predictor before the next text, each
+    batch likewise, so that a busy spell of a shared machine falls on every row alike rather
+    than on whichever variant happened to be timed then.
+    """
     timed = list(texts)[: params.latency_examples]
-    result = latency(predict, timed, warmup=params.warmup)
-    result["throughput_per_s"] = throughput(
-        predict,
-        texts,
-        batch_size=params.throughput_batch_size,
-        batches=params.throughput_batches,
-        warmup=params.warmup,
+    for predict in predictors.values():
+        for text in timed[: params.warmup]:
+            predict([text])
+    seconds: dict[str, list[float]] = {name: [] for name in predictors}
+    for text in timed:
+        for name, predict in predictors.items():
+            seconds[name].append(_timed(predict, [text]))
+    chunks = batches(
+        texts, batch_size=params.throughput_batch_size, count=params.throughput_batches
     )
-    return result
+    for predict in predictors.values():
+        predict(chunks[0])  # a first call at this batch size may allocate or trace
+    spent = dict.fromkeys(predictors, 0.0)
+    for chunk in chunks:
+        for name, predict in predictors.items():
+            spent[name] += _timed(predict, chunk)
+    posts = params.throughput_batch_size * params.throughput_batches
+    results = {}
+    for name, samples in seconds.items():
+        millis = np.asarray(samples) * 1000.0
+        results[name] = {
+            "latency_p50_ms": float(np.percentile(millis, 50)),
+            "latency_p99_ms": float(np.percentile(millis, 99)),
+            "throughput_per_s": posts / spent[name],
+        }
+    return results
 
 
 def display_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows for the table: sizes in kB, figures rounded."""
+    """Rows for the table: sizes in MB, figures rounded."""
     shown = []
     for row in rows:
         item = {key: row.get(key, "") for key in TABLE_COLUMNS}
-        item["file_kb"] = round(row["file_bytes"] / 1000, 1)
-        item["gzip_kb"] = round(row["gzip_bytes"] / 1000, 1)
+        item["file_mb"] = round(row["file_bytes"] / 1e6, 3)
+        item["gzip_mb"] = round(row["gzip_bytes"] / 1e6, 3)
         item["sparsity"] = round(row["sparsity"], 3)
         item["accuracy"] = round(row["accuracy"], 4)
         item["macro_f1"] = round(row["macro_f1"], 4)
         item["latency_p50_ms"] = round(row["latency_p50_ms"], 3)
         item["latency_p99_ms"] = round(row["latency_p99_ms"], 3)
-        item["throughput_per_s"] = round(row["throughput_per_s"], 1)
+        item["throughput_per_s"] = int(round(row["throughput_per_s"]))
         shown.append({TABLE_COLUMNS[key]: value for key, value in item.items()})
     return shown
 

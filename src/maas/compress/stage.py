@@ -169,22 +169,22 @@ def check_round_trip(runtime, variant: Variant, texts: list[str], tokenizer: Tok
     return difference
 
 
-def measure(
+def evaluate(
     name: str,
     fmt: str,
     predict,
     *,
     test,
     labels,
-    teacher_classes: np.ndarray,
-    params: CompressParams,
+    teacher_classes: np.ndarray | None,
     model_file: Path,
     source,
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, sizes, sparsity and timings of one predictor on the test split."""
+    """Accuracy, macro-F1, agreement with the teacher, sizes and sparsity of one predictor."""
     probabilities = predict_texts(predict, test.texts)
     classes = probabilities.argmax(axis=1)
     scores = classification_metrics(test.labels, classes, labels)
+    agreement = 1.0 if teacher_classes is None else float(np.mean(classes == teacher_classes))
     row = {
         "variant": name,
         "format": fmt,
@@ -194,10 +194,10 @@ def measure(
         "sparsity": prune.overall_sparsity(source),
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
-        "agreement_with_teacher": float(np.mean(classes == teacher_classes)),
+        "agreement_with_teacher": agreement,
+        "_classes": classes,
     }
-    row.update(report.benchmark(predict, test.texts, params.benchmark))
-    log.info("compress: %s", {k: v for k, v in row.items() if k != "variant"} | {"name": name})
+    log.info("compress: %s: accuracy %.4f, %d bytes", name, row["accuracy"], row["file_bytes"])
     return row
 
 
@@ -218,15 +218,31 @@ def run(params: CompressParams, paths: Paths) -> dict[str, Any]:
 
     inputs, test = load_inputs(paths)
     tokenizer, teacher = inputs.tokenizer, inputs.teacher
-    labels = tokenizer.labels
     teacher_predict = lambda texts: teacher.predict(tokenizer.encode(texts), verbose=0)  # noqa: E731
-    teacher_classes = predict_texts(teacher_predict, test.texts).argmax(axis=1)
-    common = {"test": test, "labels": labels, "teacher_classes": teacher_classes, "params": params}
-    rows = []
+    common = {"test": test, "labels": tokenizer.labels}
+    # The teacher through Keras model.predict: the reference for accuracy and latency.
+    first = evaluate(
+        "teacher_keras", "keras", teacher_predict, **common, teacher_classes=None,
+        model_file=paths.classifier_dir / "model.keras", source=teacher,
+    )  # fmt: skip
+    common["teacher_classes"] = first["_classes"]
+    rows, predictors = [first], {"teacher_keras": teacher_predict}
     builder = VariantBuilder(params, inputs)
     check_texts = test.texts[: params.benchmark.check_examples]
     details: dict[str, Any] = {"conversions": {}, "round_trip_max_abs_diff": {}}
     with atomic_dir(paths.compressed_dir) as out:
+        served = load_runtime(paths.classifier_dir)
+        rows.append(
+            evaluate(
+                "teacher_saved_model",
+                "saved_model",
+                served.predict,
+                **common,
+                model_file=paths.classifier_dir / "saved_model",
+                source=teacher,
+            )
+        )
+        predictors["teacher_saved_model"] = served.predict
         for name in [n for n in COMPRESSION_VARIANTS if n in params.variants]:
             started = time.perf_counter()
             variant = builder.build(name)
@@ -238,44 +254,25 @@ def run(params: CompressParams, paths: Paths) -> dict[str, Any]:
                 update_provenance(directory, {"sparsity": details["pruned_sparsity"]})
             runtime = load_runtime(directory)
             difference = check_round_trip(runtime, variant, check_texts, tokenizer)
-            row = measure(
-                name,
-                variant.format,
-                runtime.predict,
-                **common,
-                model_file=model_path(directory, variant.format),
-                source=variant.source,
-            )
+            row = evaluate(
+                name, variant.format, runtime.predict, **common,
+                model_file=model_path(directory, variant.format), source=variant.source,
+            )  # fmt: skip
             row["round_trip_max_abs_diff"] = difference
             row["build_seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)
-            update_provenance(directory, {"metrics": _headline(row)})
+            predictors[name] = runtime.predict
             details["conversions"][name] = variant.info
             details["round_trip_max_abs_diff"][name] = difference
-            del runtime
+        # Every row is timed after the others are built, in turns (see report.benchmark).
+        timings = report.benchmark(predictors, test.texts, params.benchmark)
+        for row in rows:
+            del row["_classes"]
+            row.update(timings[row["variant"]])
+            if (out / row["variant"]).is_dir():
+                update_provenance(out / row["variant"], {"metrics": _headline(row)})
     details["histories"] = builder.histories
-    # The teacher's own rows, measured last (a failing variant fails the stage sooner) and
-    # listed first: through Keras model.predict (the latency baseline) and its SavedModel.
-    served = load_runtime(paths.classifier_dir)
-    teacher_rows = [
-        measure(
-            "teacher_keras",
-            "keras",
-            teacher_predict,
-            **common,
-            model_file=paths.classifier_dir / "model.keras",
-            source=teacher,
-        ),
-        measure(
-            "teacher_saved_model",
-            "saved_model",
-            served.predict,
-            **common,
-            model_file=paths.classifier_dir / "saved_model",
-            source=teacher,
-        ),
-    ]
-    return finish(teacher_rows + rows, details, paths)
+    return finish(rows, details, paths)
 
 
 def _headline(row: dict[str, Any]) -> dict[str, Any]:
