@@ -16,7 +16,7 @@ Writes reports/benchmarks/distributed.json, .md and .png. On a 2-core machine a 
 not expected: every replica and process shares the same two cores. Other work on the machine
 makes the figures noisy; the load average is recorded with each run.
 
-    .venv/bin/python benchmarks/distributed.py                 # all configurations (~20 min)
+    .venv/bin/python benchmarks/distributed.py                 # all, twice each (~30 min)
     .venv/bin/python benchmarks/distributed.py --docs-per-class 60 --only one_device mirrored-2
 """
 
@@ -251,7 +251,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs-per-class", type=int, default=150)
+    parser.add_argument("--docs-per-class", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument(
         "--patience",
