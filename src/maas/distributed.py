@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import socket
@@ -33,8 +32,6 @@ from typing import Any
 import numpy as np
 
 from maas.config import STRATEGIES, ConfigError
-
-log = logging.getLogger(__name__)
 
 LAUNCHED_STRATEGIES = ("multi_worker", "parameter_server")  # need one process per task
 JOB_NAMES = ("chief", "worker", "ps")

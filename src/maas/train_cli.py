@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if args.task:
             return run_task(args)
         params = load_params(args.params_file, overrides_from(args))
+        if os.environ.get("TF_CONFIG"):
+            log.warning("TF_CONFIG is set but not used: add --task to run as a task of it")
         from maas import train
 
         summary = train.run(
