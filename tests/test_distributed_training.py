@@ -74,9 +74,14 @@ def run_folders() -> set[str]:
 def two_workers(project):
     """The uninterrupted 2-worker run: its summary and exported history."""
     params, paths = load(project, strategy="multi_worker", workers=2)
-    before = run_folders()
-    summary = train.run(params, paths)
-    assert run_folders() == before  # the run folder (workers' results, logs) is gone
+    # A temporary folder of this run's own, so that other jobs on the machine don't count.
+    private = project.parent / "tmp-two-workers"
+    private.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(private))
+        patch.setenv("TMPDIR", str(private))
+        summary = train.run(params, paths)
+        assert run_folders() == set()  # the run folder (workers' results, logs) is gone
     return summary, read_json(paths.classifier_dir / "history.json")
 
 
