@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from maas.provenance import verify_files
+from maas.provenance import replace_dir, verify_files
 from maas.registry import (
     RegistryError,
     artifact_path,
@@ -214,7 +213,7 @@ def materialize(
                 f"refusing {name} {version} ({commit[:12]}): its bytes do not match the "
                 f"hashes recorded at that revision: {'; '.join(problems[:5])}"
             )
-        _replace(incoming, destination)
+        replace_dir(incoming, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("materialized %s %s (%s) into %s", name, version, commit[:12], destination)
@@ -235,17 +234,6 @@ def _download(
             f"cannot get the bytes of {name} {version} ({path} at {commit[:12]}) from the "
             f"DVC cache or the remote: {error}"
         ) from error
-
-
-def _replace(source: Path, destination: Path) -> None:
-    """Rename ``source`` to ``destination``, moving a previous ``destination`` aside first."""
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        destination.rename(old)
-        source.rename(destination)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        source.rename(destination)
 
 
 def _result(name: str, version: str, commit: str, path: Path, start: float) -> Materialized:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from maas.materialize import materialize
+from maas.provenance import write_bytes
 from maas.registry import (
     RegistryError,
     assign_stage,
@@ -181,7 +180,7 @@ def read_config(model_dir: Path) -> bytes | None:
 def write_config(model_dir: Path, *, number: int, stage: str) -> Path:
     """Serve exactly version ``number``, labelled with the stage (atomic replace)."""
     config = {"version_policy": "specific", "versions": [number], "labels": {stage: number}}
-    return _write_atomic(model_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False).encode())
+    return write_bytes(model_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def restore_config(model_dir: Path, previous: bytes | None) -> None:
@@ -190,22 +189,7 @@ def restore_config(model_dir: Path, previous: bytes | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     else:
-        _write_atomic(path, previous)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a server run by another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+        write_bytes(path, previous)
 
 
 def served_versions(status: dict) -> dict[int, tuple[str, str]]:
