@@ -193,15 +193,19 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -
     """Test accuracy against one cost (size or latency), log scale, one labelled dot a row."""
     figure = Figure(figsize=(9, 5.5), layout="constrained")
     ax = figure.subplots()
-    for row in rows:
+    # Variants of one model share an accuracy: stagger their labels so that they stay legible.
+    offsets = [(5, 4), (5, -10), (-5, 12), (-5, -16), (5, 18)]
+    for index, row in enumerate(rows):
         teacher = row["variant"].startswith("teacher")
         ax.scatter(row[x], row["accuracy"], marker="s" if teacher else "o", s=40)
+        dx, dy = offsets[index % len(offsets)]
         ax.annotate(
             row["variant"],
             (row[x], row["accuracy"]),
             fontsize=8,
-            xytext=(4, 3),
+            xytext=(dx, dy),
             textcoords="offset points",
+            ha="left" if dx > 0 else "right",
         )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
