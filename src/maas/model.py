@@ -3,7 +3,8 @@
 The seed's model read the LSTM's last state and ended in a single sigmoid unit, which can
 only tell two classes apart. Here the output layer has one softmax unit per newsgroup, and
 the LSTM's outputs are max-pooled over time: every step of a long post can contribute, not
-only the last one. Padding (id 0) is masked, so the LSTM skips it and the pool ignores it.
+only the last one. Padding (id 0) is masked, so the LSTM skips it; the pool does not read the
+mask, and the masked steps' outputs are zeros, so they take part in the max as zeros.
 """
 
 from __future__ import annotations
