@@ -30,7 +30,14 @@ SMALL_OVERRIDES = {
         "vocabulary_size": 2000,
         "sequence_length": 64,
     },
-    "train": {"embedding_dim": 16, "lstm_units": 8, "epochs": 2, "batch_size": 32},
+    # The shared small project trains the BiLSTM (the compress tests check its fused LSTMs);
+    # tests/test_architectures.py covers the other architectures and the ensemble.
+    "train": {
+        "architecture": "bilstm",
+        "bilstm": {"embedding_dim": 16, "lstm_units": 8, "epochs": 2, "batch_size": 32},
+        "cnn": {"embedding_dim": 8, "filters": 8, "kernel_sizes": [2, 3], "epochs": 2},
+        "wide": {"bigram_buckets": 1024, "embedding_dim": 8, "epochs": 2, "batch_size": 32},
+    },
     # A few variants, briefly fine-tuned and timed: the full list runs in test_compress_stage.
     "compress": {
         "variants": ["float32", "int8", "distilled", "onnx"],

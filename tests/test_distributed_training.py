@@ -42,7 +42,8 @@ def project(tmp_path_factory, corpus_available):
 
     raw = small_params_dict()
     raw["data"].update(vocabulary_size=1000, sequence_length=48)
-    raw["train"].update(
+    raw["train"].update(early_stopping_patience=4)
+    raw["train"]["bilstm"].update(
         embedding_dim=16,
         lstm_units=8,
         bidirectional=False,
@@ -51,7 +52,6 @@ def project(tmp_path_factory, corpus_available):
         learning_rate=0.01,
         epochs=4,
         batch_size=32,
-        early_stopping_patience=4,
     )
     raw["train"]["distribute"].update(startup_timeout_s=240, timeout_s=480)
     root = write_project(tmp_path_factory.mktemp("distributed"), raw)

@@ -2,7 +2,7 @@
 
 In a temporary copy of the repository: run the pipeline (data, train) with parameters A,
 register v1 and promote it to prod (its bytes materialized from the DVC cache into the model
-repository of ``maas serve``); change ``train.lstm_units``, run again, register v2 and
+repository of ``maas serve``); change ``train.bilstm.lstm_units``, run again, register v2 and
 promote it (the server switches). Plain ``git checkout <tag> && dvc checkout`` restores v1's
 bytes as its ``dvc.lock`` records them. Then the DVC cache and v1's served folder are
 deleted, so only the local DVC remote has v1: a truncated copy there is refused while v2
@@ -137,7 +137,7 @@ def test_rollback_serves_the_earlier_model_byte_for_byte(tmp_path: Path, corpus_
     first_served = snapshot(served / str(V1))  # from the DVC cache
 
     params = small_params_dict()
-    params["train"]["lstm_units"] += 4
+    params["train"]["bilstm"]["lstm_units"] += 4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     v2_commit = train_and_commit(project, "parameters B")
     maas("models", "register", "classifier", "--version", "v2", *where)

@@ -94,26 +94,119 @@ class DistributeParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class BilstmParams:
+    """``train.bilstm``: the reference Embedding -> (Bi)LSTM -> max-over-time classifier."""
+
     embedding_dim: int
     lstm_units: int
     bidirectional: bool
     dropout: float
     embedding_dropout: float  # SpatialDropout1D after the embedding
+    max_tokens: int | None  # read the first tokens of each post only; None: all
     batch_size: int  # global batch size, split across replicas
     epochs: int  # an upper bound: early stopping usually ends training sooner
     learning_rate: float
+
+    def __post_init__(self) -> None:
+        _check_model(self, "bilstm", ("embedding_dim", "lstm_units"))
+
+
+@dataclass(frozen=True)
+class CnnParams:
+    """``train.cnn``: Embedding -> parallel Conv1D (one per kernel size) -> max over time."""
+
+    embedding_dim: int
+    filters: int  # per kernel size
+    kernel_sizes: tuple[int, ...]
+    dropout: float
+    embedding_dropout: float
+    max_tokens: int | None  # read the first tokens of each post only; None: all
+    batch_size: int
+    epochs: int
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        _check_model(self, "cnn", ("embedding_dim", "filters"))
+        _check(len(self.kernel_sizes) >= 1, "train.cnn.kernel_sizes", "a non-empty list")
+        _check(min(self.kernel_sizes) >= 1, "train.cnn.kernel_sizes", "items >= 1")
+
+
+@dataclass(frozen=True)
+class WideParams:
+    """``train.wide``: TF-IDF-weighted bag of uni- and hashed bigrams -> hidden -> softmax."""
+
+    bigram_buckets: int  # rows of the hashed bigram table; 0: unigrams only
+    embedding_dim: int
+    hidden_units: int  # 0: the bag feeds the softmax directly
+    dropout: float
+    batch_size: int
+    epochs: int
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        _check_model(self, "wide", ("embedding_dim",))
+        _check(self.bigram_buckets >= 0, "train.wide.bigram_buckets", ">= 0")
+        _check(self.hidden_units >= 0, "train.wide.hidden_units", ">= 0")
+
+
+# Each architecture's section (its names are the Literal of TrainParams.architecture).
+ARCHITECTURE_PARAMS = {"bilstm": BilstmParams, "cnn": CnnParams, "wide": WideParams}
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    architecture: Literal["bilstm", "cnn", "wide"]  # trained with its train.<name> section
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    architecture: Literal["bilstm", "cnn", "wide"]  # which sub-section below builds the model
+    ensemble: tuple[EnsembleMember, ...]  # empty: one model; else these members, averaged
     early_stopping_patience: int  # epochs without a better validation loss before stopping
     seed: int
+    bilstm: BilstmParams
+    cnn: CnnParams
+    wide: WideParams
     distribute: DistributeParams
 
     def __post_init__(self) -> None:
-        for key in ("embedding_dim", "lstm_units", "batch_size", "epochs"):
-            _check(getattr(self, key) >= 1, f"train.{key}", ">= 1")
-        _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)")
-        _check(0.0 <= self.embedding_dropout < 1.0, "train.embedding_dropout", "in [0, 1)")
-        _check(self.learning_rate > 0, "train.learning_rate", "> 0")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", ">= 0")
+        _check(len(self.ensemble) != 1, "train.ensemble", "empty or at least two members")
+        _check(
+            len(set(self.ensemble)) == len(self.ensemble),
+            "train.ensemble",
+            "distinct members (architecture, seed)",
+        )
+
+    @property
+    def model(self) -> BilstmParams | CnnParams | WideParams:
+        """The chosen architecture's section."""
+        return getattr(self, self.architecture)
+
+    # The optimisation settings of the chosen architecture (the training loop reads these).
+    @property
+    def batch_size(self) -> int:
+        return self.model.batch_size
+
+    @property
+    def epochs(self) -> int:
+        members = [getattr(self, member.architecture).epochs for member in self.ensemble]
+        return max([self.model.epochs, *members])
+
+    @property
+    def learning_rate(self) -> float:
+        return self.model.learning_rate
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding_dim
+
+    def member(self, member: EnsembleMember) -> TrainParams:
+        """These parameters for one ensemble member: its architecture and seed, no ensemble."""
+        return dataclasses.replace(
+            self, architecture=member.architecture, seed=member.seed, ensemble=()
+        )
 
 
 @dataclass(frozen=True)
@@ -350,6 +443,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_model(section: Any, name: str, sizes: tuple[str, ...]) -> None:
+    if getattr(section, "max_tokens", None) is not None:
+        _check(section.max_tokens >= 1, f"train.{name}.max_tokens", ">= 1 or null")
+    for key in (*sizes, "batch_size", "epochs"):
+        _check(getattr(section, key) >= 1, f"train.{name}.{key}", ">= 1")
+    for key in ("dropout", "embedding_dropout"):
+        if hasattr(section, key):
+            _check(0.0 <= getattr(section, key) < 1.0, f"train.{name}.{key}", "in [0, 1)")
+    _check(section.learning_rate > 0, f"train.{name}.learning_rate", "> 0")
+
+
+def _owner_hint(key: str, prefix: str) -> str:
+    """Where an unknown ``train`` key belongs: '; lstm_units is a parameter of train.bilstm'."""
+    if not prefix.startswith("train."):
+        return ""
+    owners = [
+        name
+        for name, cls in ARCHITECTURE_PARAMS.items()
+        if key in {f.name for f in dataclasses.fields(cls)}
+        and not prefix.startswith(f"train.{name}.")
+    ]
+    return f"; {key} is a parameter of train.{owners[0]}" if owners else ""
+
+
 def _check(ok: bool, key: str, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: must be {expectation}")
@@ -376,7 +493,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {fields})")
+        hint = _owner_hint(unknown[0], prefix)
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {fields}){hint}")
     missing = [name for name in fields if name not in raw]
     if missing:
         raise ConfigError(f"{prefix}{missing[0]}: missing key")

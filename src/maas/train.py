@@ -27,7 +27,7 @@ import tf_keras as keras
 from maas import distributed
 from maas.config import Paths, TrainParams, to_dict
 from maas.data import read_split
-from maas.model import build_classifier, compile_classifier
+from maas.model import build_architecture, compile_classifier
 from maas.tokenizer import Tokenizer
 from maas.train_callbacks import (  # noqa: F401  (ProgressBar, LiveLogger: public here too)
     EpochLog,
@@ -125,18 +125,21 @@ def make_inputs(
     )
 
 
-def build_model(params: TrainParams, tokenizer: Tokenizer) -> keras.Model:
-    """The compiled classifier (under the caller's strategy scope, if any)."""
+def build_model(
+    params: TrainParams, tokenizer: Tokenizer, train_ids: np.ndarray | None = None
+) -> keras.Model:
+    """The compiled classifier of ``train.architecture`` (under the caller's strategy scope).
+
+    ``train_ids``: the training split's token ids (the wide model's IDF is computed from them).
+    """
     return compile_classifier(
-        build_classifier(
+        build_architecture(
+            params.architecture,
+            params.model,
             vocabulary_size=tokenizer.vocabulary_size,
             sequence_length=tokenizer.sequence_length,
             n_classes=len(tokenizer.labels),
-            embedding_dim=params.embedding_dim,
-            lstm_units=params.lstm_units,
-            bidirectional=params.bidirectional,
-            dropout=params.dropout,
-            embedding_dropout=params.embedding_dropout,
+            train_ids=train_ids,
         ),
         learning_rate=params.learning_rate,
     )
@@ -167,10 +170,18 @@ def fit(
         backup: back up every epoch there, and resume from it if it holds a backup.
         first_step_marker: a file to write when the first training step has ended.
     """
+    if params.ensemble:
+        from maas.train_ensemble import fit_ensemble
+
+        return fit_ensemble(
+            params, fit, tokenizer=tokenizer, train=train, validation=validation,
+            strategy=strategy, callbacks=callbacks, verbose=verbose,
+            first_step_marker=first_step_marker,
+        )  # fmt: skip
     keras.utils.set_random_seed(params.seed)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = build_model(params, tokenizer)
+        model = build_model(params, tokenizer, train[0])
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
     )
@@ -258,7 +269,7 @@ def train_and_export(
         validation=validation,
         strategy=strategy,
         callbacks=callbacks,
-        backup=backup,
+        backup=None if params.ensemble else backup,
         first_step_marker=first_step_marker,
     )
     model = result.model

@@ -98,12 +98,13 @@ def run_task(
     if strategy_name == "parameter_server" and task.task_type in ("worker", "ps"):
         serve(task)
         return None
+    from maas.model import embedding_shape
     from maas.tokenizer import Tokenizer
     from maas.train import train_and_export
 
     rows = Tokenizer.load(paths.tokenizer).vocabulary_size
     strategy = distributed.make_strategy(
-        strategy_name, task=task, embedding_shape=(rows, params.embedding_dim)
+        strategy_name, task=task, embedding_shape=embedding_shape(params, vocabulary_size=rows)
     )
     own_dir = task_dir or Path(tempfile.mkdtemp(prefix=f"maas-{task.name}-"))
     own_dir.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,8 @@ class FusedClassifier(tf.Module):
                 f"and the pooling, got {_names(middle)}"
             )
         embedding, recurrent = layers[embedding_at], middle[0]
-        self.length = int(model.input_shape[1])
+        # The steps the LSTM reads: a model may read only the first ids (``max_tokens``).
+        self.length = int(embedding.input_shape[1])
         self.embeddings = tf.Variable(embedding.embeddings, trainable=False, name="embeddings")
         dim = int(embedding.output_dim)
         if isinstance(recurrent, keras.layers.Bidirectional):
@@ -104,6 +105,7 @@ class FusedClassifier(tf.Module):
 
     @tf.function
     def __call__(self, token_ids: tf.Tensor) -> tf.Tensor:
+        token_ids = token_ids[:, : self.length]
         lengths = tf.reduce_sum(tf.cast(tf.not_equal(token_ids, 0), tf.int32), axis=1)
         outputs = self.forward(tf.gather(self.embeddings, token_ids))
         if self.backward is not None:

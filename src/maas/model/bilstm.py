@@ -24,9 +24,13 @@ def build_classifier(
     bidirectional: bool = True,
     dropout: float = 0.3,
     embedding_dropout: float = 0.0,
+    max_tokens: int | None = None,
     name: str = "classifier",
 ) -> keras.Model:
     """A Functional Keras model from token ids ``(batch, sequence_length)`` to class probabilities.
+
+    ``max_tokens``: read only the first tokens of each post (a recurrent model's cost grows
+    with the length; the tokenizer may keep more for the bag models); ``None``: all of them.
 
     Raises:
         ValueError: a size that cannot make a model.
@@ -37,7 +41,7 @@ def build_classifier(
         raise ValueError("vocabulary_size must be >= 3 and sequence_length >= 1")
     token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
     x = keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True, name="embedding")(
-        token_ids
+        first_tokens(token_ids, max_tokens)
     )
     if embedding_dropout:
         # Drops whole embedding channels across the post: stronger regularisation than
@@ -51,10 +55,10 @@ def build_classifier(
     return keras.Model(token_ids, probabilities, name=name)
 
 
-def compile_classifier(model: keras.Model, *, learning_rate: float) -> keras.Model:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+def first_tokens(token_ids, max_tokens: int | None):
+    """The first ``max_tokens`` ids of each row (a slice in the graph), or all of them."""
+    if max_tokens is None or max_tokens >= int(token_ids.shape[1]):
+        return token_ids
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return token_ids[:, :max_tokens]

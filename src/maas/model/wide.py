@@ -1,0 +1,125 @@
+"""The wide model: a TF-IDF-weighted bag of word uni- and bigrams, a hidden layer, softmax.
+
+It reads the shared tokenizer's ids and builds its features inside the graph with plain
+integer ops, so it converts to TFLite builtins and needs no string lookup table:
+
+- unigram ids are the token ids (``0`` is padding);
+- the bigram of neighbours ``a, b`` (both real tokens) hashes to
+  ``vocabulary_size + (a * vocabulary_size + b) mod bigram_buckets``, a row after the words;
+- each id's IDF (``log((1 + n) / (1 + df)) + 1``, scikit-learn's smooth IDF, from the
+  training split) comes from a frozen one-column table, so the bag is
+  ``sum_t tf(t) idf(t) E[t] / sqrt(sum_t tf(t) idf(t)^2)``: the first layer of a network over
+  TF-IDF features, computed as a gather instead of a huge sparse matrix product.
+
+The bag is followed by dropout, a ReLU hidden layer, dropout and the softmax. Padding and
+bigrams that touch padding map to row 0, whose IDF is 0, so they add nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from maas.model.bilstm import INPUT_NAME
+
+IDF_LAYER = "idf"
+TABLE_LAYER = "embedding"
+
+
+def max_vocabulary_size(bigram_buckets: int) -> int:
+    """The largest vocabulary whose bigram hash ``a * V + b`` fits in int32."""
+    del bigram_buckets
+    return int(np.sqrt(2**31 - 1))
+
+
+def ngram_ids(token_ids: tf.Tensor, *, vocabulary_size: int, bigram_buckets: int) -> tf.Tensor:
+    """Unigram ids then hashed bigram ids, ``(batch, 2 * length - 1)`` int32; 0 is nothing."""
+    ids = tf.cast(token_ids, tf.int32)
+    if bigram_buckets == 0:
+        return ids
+    first, second = ids[:, :-1], ids[:, 1:]
+    hashed = tf.math.floormod(first * vocabulary_size + second, bigram_buckets) + vocabulary_size
+    both_real = tf.logical_and(first > 0, second > 0)
+    return tf.concat([ids, tf.where(both_real, hashed, tf.zeros_like(hashed))], axis=1)
+
+
+def inverse_document_frequencies(
+    token_ids: np.ndarray, *, vocabulary_size: int, bigram_buckets: int, batch: int = 2048
+) -> np.ndarray:
+    """Smooth IDF of every row of the table (words, then bigram buckets), row 0 set to 0."""
+    rows = vocabulary_size + bigram_buckets
+    frequencies = np.zeros(rows, np.int64)
+    for start in range(0, len(token_ids), batch):
+        chunk = ngram_ids(
+            token_ids[start : start + batch],
+            vocabulary_size=vocabulary_size,
+            bigram_buckets=bigram_buckets,
+        ).numpy()
+        # One count per document and id: sort each row, keep first occurrences.
+        ordered = np.sort(chunk, axis=1)
+        first = np.ones_like(ordered, dtype=bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        np.add.at(frequencies, ordered[first], 1)
+    documents = len(token_ids)
+    idf = np.log((1.0 + documents) / (1.0 + frequencies)) + 1.0
+    idf[0] = 0.0
+    return idf.astype(np.float32)
+
+
+def build_wide(
+    *,
+    vocabulary_size: int,
+    sequence_length: int,
+    n_classes: int,
+    bigram_buckets: int = 2**18,
+    embedding_dim: int = 64,
+    hidden_units: int = 0,
+    dropout: float = 0.5,
+    idf: np.ndarray | None = None,
+    name: str = "wide",
+) -> keras.Model:
+    """Token ids ``(batch, sequence_length)`` -> probabilities, over uni- and bigrams.
+
+    Args:
+        idf: one weight per table row (:func:`inverse_document_frequencies` of the training
+            split); ``None``: all ones but row 0 (for a model whose weights are loaded next).
+        hidden_units: 0 goes straight from the bag to the softmax.
+
+    Raises:
+        ValueError: a size that cannot make a model.
+    """
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    if vocabulary_size < 3 or sequence_length < 1 or bigram_buckets < 0:
+        raise ValueError("vocabulary_size must be >= 3, sequence_length >= 1, buckets >= 0")
+    if vocabulary_size > max_vocabulary_size(bigram_buckets):
+        raise ValueError(f"vocabulary_size {vocabulary_size}: bigram ids would overflow int32")
+    rows = vocabulary_size + bigram_buckets
+    if idf is None:
+        idf = np.ones(rows, np.float32)
+        idf[0] = 0.0
+    if idf.shape != (rows,):
+        raise ValueError(f"idf: expected {rows} weights, got {idf.shape}")
+    token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
+    ids = ngram_ids(token_ids, vocabulary_size=vocabulary_size, bigram_buckets=bigram_buckets)
+    # The IDF as a frozen one-column embedding: a built-in layer, saved with the weights.
+    idf_layer = keras.layers.Embedding(rows, 1, trainable=False, name=IDF_LAYER)
+    weights = idf_layer(ids)
+    # Set after building: a Constant initializer would copy the table into the model config.
+    idf_layer.set_weights([idf[:, None]])
+    vectors = keras.layers.Embedding(
+        rows,
+        embedding_dim,
+        embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05),
+        name=TABLE_LAYER,
+    )(ids)
+    total = tf.reduce_sum(vectors * weights, axis=1)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(weights), axis=1))
+    x = total / tf.maximum(norm, 1e-6)  # an empty post: a zero vector, not NaN
+    if hidden_units:
+        x = keras.layers.Dropout(dropout, name="bag_dropout")(x)
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(token_ids, probabilities, name=name)

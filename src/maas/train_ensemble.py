@@ -1,0 +1,143 @@
+"""Training an ensemble (``train.ensemble``): each member in turn, then one averaged model.
+
+Every member is first built (cheap), so a member that cannot exist fails before any
+training; then each trains with its own architecture section and seed, under the run's
+strategy, with early stopping. A member that fails stops the run with
+:class:`EnsembleMemberError` naming it, before anything is exported. The ensemble's history
+is the members' epochs one after the other, then one row for the ensemble itself (its
+validation loss and accuracy, the members' mean training figures at their best epochs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from maas import distributed
+from maas.config import EnsembleMember, TrainParams
+from maas.model import build_architecture, compile_classifier
+from maas.model.ensemble import build_ensemble
+from maas.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class EnsembleMemberError(RuntimeError):
+    """One member of ``train.ensemble`` could not be built or trained."""
+
+
+def describe(index: int, member: EnsembleMember) -> str:
+    return f"train.ensemble[{index}] ({member.architecture}, seed {member.seed})"
+
+
+def check_members(params: TrainParams, tokenizer: Tokenizer) -> None:
+    """Build every member once, untrained: sizes that cannot make a model fail here."""
+    for index, member in enumerate(params.ensemble):
+        own = params.member(member)
+        try:
+            build_architecture(
+                own.architecture,
+                own.model,
+                vocabulary_size=tokenizer.vocabulary_size,
+                sequence_length=tokenizer.sequence_length,
+                n_classes=len(tokenizer.labels),
+            )
+        except Exception as error:
+            raise EnsembleMemberError(f"{describe(index, member)}: {error}") from error
+        keras.backend.clear_session()
+
+
+def fit_ensemble(
+    params: TrainParams,
+    fit_one: Callable[..., Any],
+    *,
+    tokenizer: Tokenizer,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+    first_step_marker=None,
+):
+    """Train every member with ``fit_one`` (:func:`maas.train.fit`); return the ensemble's
+    ``TrainResult``.
+
+    Raises:
+        EnsembleMemberError: a member failed; nothing was exported.
+    """
+    from maas.train import TrainResult
+    from maas.train_callbacks import LiveLogger
+
+    check_members(params, tokenizer)
+    # The curves are logged once, whole, at the end (a logger ends with each member's fit).
+    loggers = [c for c in callbacks if isinstance(c, LiveLogger)]
+    others = [c for c in callbacks if not isinstance(c, LiveLogger)]
+    started = time.perf_counter()
+    models, results = [], []
+    for index, member in enumerate(params.ensemble):
+        log.info("ensemble: training %s", describe(index, member))
+        try:
+            result = fit_one(
+                params.member(member),
+                tokenizer=tokenizer,
+                train=train,
+                validation=validation,
+                strategy=strategy,
+                callbacks=others,
+                verbose=verbose,
+                first_step_marker=first_step_marker if index == 0 else None,
+            )
+        except Exception as error:
+            raise EnsembleMemberError(f"{describe(index, member)} failed: {error}") from error
+        model = result.model
+        if strategy is not None and strategy is not tf.distribute.get_strategy():
+            model = distributed.plain_copy(model)  # the ensemble holds ordinary variables
+        models.append(model)
+        results.append(result)
+    ensemble = compile_classifier(build_ensemble(models), learning_rate=params.learning_rate)
+    val_loss, val_accuracy = ensemble.evaluate(*validation, batch_size=256, verbose=0)
+    history = combined_history(results, val_loss=val_loss, val_accuracy=val_accuracy)
+    for logger in loggers:
+        for epoch, row in enumerate(rows_of(history)):
+            logger.on_epoch_end(epoch, row)
+        logger.on_train_end()
+    seconds = time.perf_counter() - started
+    epochs = sum(len(r.history["loss"]) for r in results)
+    log.info("ensemble: validation accuracy %.4f (members %s)", val_accuracy, [
+        round(max(r.history["val_accuracy"]), 4) for r in results
+    ])  # fmt: skip
+    return TrainResult(
+        model=ensemble,
+        history=history,
+        best_epoch=len(history["loss"]),
+        seconds=seconds,
+        examples_per_second=epochs * len(train[0]) / seconds,
+        timeline=results[0].timeline,
+    )
+
+
+def combined_history(results, *, val_loss: float, val_accuracy: float) -> dict[str, list[float]]:
+    """The members' epochs in turn, then the ensemble's row."""
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    history: dict[str, list[float]] = {key: [] for key in keys}
+    for result in results:
+        for key in keys:
+            history[key] += result.history[key]
+    best = [r.best_epoch - 1 for r in results]
+    for key in ("loss", "accuracy"):
+        at_best = [r.history[key][b] for r, b in zip(results, best, strict=True)]
+        history[key].append(float(np.mean(at_best)))
+    history["val_loss"].append(float(val_loss))
+    history["val_accuracy"].append(float(val_accuracy))
+    return history
+
+
+def rows_of(history: dict[str, list[float]]) -> list[dict[str, float]]:
+    columns = zip(*history.values(), strict=True)
+    return [dict(zip(history, values, strict=True)) for values in columns]
