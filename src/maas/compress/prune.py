@@ -14,7 +14,8 @@ Sparsity follows a :class:`PolynomialDecay` schedule from 0 to the target over
 ``ramp_epochs``, then stays at the target for the remaining (recovery) epochs; the weights
 kept are those of the best validation epoch at the target sparsity. After
 ``strip_pruning`` the weights are copied into a plain copy of the original architecture, so
-the pruned model saves, loads and converts like the teacher.
+the pruned model saves, loads and converts like the teacher. An ensemble is pruned member by
+member, with the same settings, and averaged again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from maas.config import PRUNABLE_LAYERS
+from maas.model.ensemble import build_ensemble, ensemble_members
 
 
 class PrunableBidirectional(keras.layers.Bidirectional, tfmot.sparsity.keras.PrunableLayer):
@@ -73,7 +75,12 @@ class BestAtTargetSparsity(keras.callbacks.Callback):
 
 
 def layer_kind(layer: keras.layers.Layer) -> str | None:
-    """Which entry of :data:`maas.config.PRUNABLE_LAYERS` a layer is, if any."""
+    """Which entry of :data:`maas.config.PRUNABLE_LAYERS` a layer is, if any.
+
+    Frozen layers are never pruned (the wide model's IDF table is data, not a weight).
+    """
+    if not layer.trainable:
+        return None
     if isinstance(layer, keras.layers.Embedding):
         return "embedding"
     if isinstance(layer, keras.layers.LSTM | keras.layers.Bidirectional):
@@ -115,7 +122,23 @@ def prunable_clone(
     return pruned
 
 
-def prune(
+def prune(model: keras.Model, **settings) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Prune a classifier (:func:`prune_one`), or each member of an ensemble in turn.
+
+    An ensemble's history is its members' histories, keys prefixed ``member_<i>_``.
+    """
+    members = ensemble_members(model)
+    if not members:
+        return prune_one(model, **settings)
+    pruned, history = [], {}
+    for index, member in enumerate(members):
+        one, own = prune_one(member, **settings)
+        pruned.append(one)
+        history.update({f"member_{index}_{key}": values for key, values in own.items()})
+    return build_ensemble(pruned, name=model.name), history
+
+
+def prune_one(
     model: keras.Model,
     *,
     train: tuple[np.ndarray, np.ndarray],
@@ -173,7 +196,7 @@ def prune(
 def prunable_weight_names(model: keras.Model, layers: Sequence[str]) -> list[str]:
     """Names of the weights that pruning ``layers`` targets in ``model`` (kernels, tables)."""
     names = []
-    for layer in model.layers:
+    for layer in _all_layers(model):
         if layer_kind(layer) not in layers:
             continue
         for weight in layer.weights:
@@ -181,6 +204,12 @@ def prunable_weight_names(model: keras.Model, layers: Sequence[str]) -> list[str
             if short in ("embeddings", "kernel", "recurrent_kernel"):
                 names.append(weight.name)
     return names
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers of a model, those of an ensemble's members included."""
+    members = ensemble_members(model)
+    return [layer for member in members for layer in member.layers] if members else model.layers
 
 
 def weight_sparsity(model: keras.Model) -> dict[str, float]:

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.compress.graph import FusedClassifier, has_recurrent_layer
+from maas.model.ensemble import build_ensemble, ensemble_members
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,25 @@ def representative_ids(ids: np.ndarray, *, examples: int, seed: int) -> np.ndarr
     return ids[np.sort(chosen)]
 
 
+class EnsembleGraph(tf.Module):
+    """An ensemble as the converter should see it: the mean of its members' convertible forms."""
+
+    def __init__(self, members: list[keras.Model]) -> None:
+        super().__init__(name="ensemble_graph")
+        self.members = [convertible(member) for member in members]
+
+    @tf.function
+    def __call__(self, token_ids: tf.Tensor) -> tf.Tensor:
+        outputs = [member(token_ids) for member in self.members]
+        return tf.add_n(outputs) / float(len(outputs))
+
+
 def convertible(model: keras.Model) -> tf.Module:
-    """What the converter should see: the fused-LSTM twin of a classifier, else the model."""
+    """What the converter should see: the fused-LSTM twin of a recurrent classifier, an
+    ensemble's members each so, else the model as it is."""
+    members = ensemble_members(model)
+    if members:
+        return EnsembleGraph(members)
     return FusedClassifier(model) if has_recurrent_layer(model) else model
 
 
@@ -179,6 +197,22 @@ def tensor_types(model: TFLiteModel) -> collections.Counter:
 
 
 def quantization_aware(
+    model: keras.Model, **settings
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Quantization-aware fine-tuning (:func:`quantization_aware_one`), member by member for
+    an ensemble (history keys prefixed ``member_<i>_``)."""
+    members = ensemble_members(model)
+    if not members:
+        return quantization_aware_one(model, **settings)
+    aware, history = [], {}
+    for index, member in enumerate(members):
+        one, own = quantization_aware_one(member, **settings)
+        aware.append(one)
+        history.update({f"member_{index}_{key}": values for key, values in own.items()})
+    return build_ensemble(aware, name=model.name), history
+
+
+def quantization_aware_one(
     model: keras.Model,
     *,
     train: tuple[np.ndarray, np.ndarray],

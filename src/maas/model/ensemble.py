@@ -31,7 +31,9 @@ def build_ensemble(members: Sequence[keras.Model], *, name: str = "ensemble") ->
     token_ids = keras.Input(shape=members[0].input_shape[1:], dtype="int32", name=INPUT_NAME)
     outputs = []
     for index, member in enumerate(members):
-        member._name = f"{MEMBER_PREFIX}{index}_{member.name}"  # unique names inside one model
+        prefix = f"{MEMBER_PREFIX}{index}_"
+        if not member.name.startswith(prefix):  # unique names inside one model
+            member._name = f"{prefix}{member.name}"
         outputs.append(member(token_ids))
     probabilities = keras.layers.Average(name="probabilities")(outputs)
     return keras.Model(token_ids, probabilities, name=name)

@@ -7,12 +7,16 @@ integer ops, so it converts to TFLite builtins and needs no string lookup table:
 - the bigram of neighbours ``a, b`` (both real tokens) hashes to
   ``vocabulary_size + (a * vocabulary_size + b) mod bigram_buckets``, a row after the words;
 - each id's IDF (``log((1 + n) / (1 + df)) + 1``, scikit-learn's smooth IDF, from the
-  training split) comes from a frozen one-column table, so the bag is
-  ``sum_t tf(t) idf(t) E[t] / sqrt(sum_t tf(t) idf(t)^2)``: the first layer of a network over
-  TF-IDF features, computed as a gather instead of a huge sparse matrix product.
+  training split) comes from a frozen one-column table, so the bag ``sum_t tf(t) idf(t) E[t]``
+  is the first layer of a network over TF-IDF features, computed as a gather instead of a
+  huge sparse matrix product; it is then scaled to unit length.
 
-The bag is followed by dropout, a ReLU hidden layer, dropout and the softmax. Padding and
-bigrams that touch padding map to row 0, whose IDF is 0, so they add nothing.
+The unit length comes from ``l2_normalize`` of the bag (TFLite's L2_NORMALIZATION, which
+has an int8 kernel), not from dividing by the TF-IDF vector's norm: a full-integer DIV fails
+on a denominator that rounds to zero (an empty post), and on validation the two did as well
+(0.797 and 0.791). The bag is followed by dropout, an optional ReLU hidden layer, dropout and
+the softmax. Padding and bigrams that touch padding map to row 0, whose IDF is 0, so they
+add nothing.
 """
 
 from __future__ import annotations
@@ -115,8 +119,7 @@ def build_wide(
         name=TABLE_LAYER,
     )(ids)
     total = tf.reduce_sum(vectors * weights, axis=1)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(weights), axis=1))
-    x = total / tf.maximum(norm, 1e-6)  # an empty post: a zero vector, not NaN
+    x = tf.math.l2_normalize(total, axis=1)  # an empty post stays a zero vector
     if hidden_units:
         x = keras.layers.Dropout(dropout, name="bag_dropout")(x)
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
