@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 import yaml
 from conftest import merge, small_params_dict, write_project
@@ -26,7 +27,12 @@ from maas.config import COMPRESSION_VARIANTS
 from maas.data import read_split
 from maas.model import build_architecture
 from maas.model.ensemble import ensemble_members
-from maas.model.wide import inverse_document_frequencies, ngram_ids
+from maas.model.wide import (
+    inverse_document_frequencies,
+    ngram_ids,
+    sublinear_weights,
+    term_counts,
+)
 from maas.provenance import read_json
 from maas.tokenizer import Tokenizer
 from maas.train_ensemble import EnsembleMemberError
@@ -134,11 +140,16 @@ def test_wide_features_are_integer_ops_and_idf_from_training_ids():
     assert idf.shape == (17,) and idf[0] == 0.0
     # 6 is in two of three documents, 5 in one (twice): rarer means heavier.
     assert idf[5] > idf[6] > 0 and idf[5] == pytest.approx(np.log(4 / 2) + 1)
+    # Sublinear TF: 5 occurs twice in row 0, so each of its places weighs (1 + log 2) / 2.
+    counts = term_counts(tf.constant(ids)).numpy()
+    np.testing.assert_array_equal(counts[0, :3], [2, 1, 2])
+    weights = sublinear_weights(5)
+    assert weights[1] == 1.0 and 2 * weights[2] == pytest.approx(1 + np.log(2))
 
 
 def test_wide_model_saves_loads_and_ignores_padding(tmp_path):
     section = config.WideParams(
-        bigram_buckets=32, embedding_dim=4, hidden_units=8, dropout=0.1,
+        bigram_buckets=32, embedding_dim=4, hidden_units=8, sublinear_tf=True, dropout=0.1,
         batch_size=4, epochs=1, learning_rate=0.01,
     )  # fmt: skip
     ids = np.array([[3, 4, 5, 0], [3, 4, 5, 9], [0, 0, 0, 0]], np.int32)

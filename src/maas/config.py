@@ -138,6 +138,7 @@ class WideParams:
     bigram_buckets: int  # rows of the hashed bigram table; 0: unigrams only
     embedding_dim: int
     hidden_units: int  # 0: the bag feeds the softmax directly
+    sublinear_tf: bool  # weigh terms 1 + log(tf) instead of tf
     dropout: float
     batch_size: int
     epochs: int

@@ -97,6 +97,7 @@ def build_architecture(
             embedding_dim=section.embedding_dim,
             hidden_units=section.hidden_units,
             dropout=section.dropout,
+            sublinear_tf=section.sublinear_tf,
             idf=idf,
         )
     raise ValueError(f"unknown architecture {architecture!r} (expected one of {ARCHITECTURES})")

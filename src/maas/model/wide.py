@@ -8,6 +8,7 @@ integer ops, so it converts to TFLite builtins and needs no string lookup table:
   ``vocabulary_size + (a * vocabulary_size + b) mod bigram_buckets``, a row after the words;
 - each id's IDF (``log((1 + n) / (1 + df)) + 1``, scikit-learn's smooth IDF, from the
   training split) comes from a frozen one-column table, so the bag ``sum_t tf(t) idf(t) E[t]``
+  (``tf`` sublinear, ``1 + log tf``, by default)
   is the first layer of a network over TF-IDF features, computed as a gather instead of a
   huge sparse matrix product; it is then scaled to unit length.
 
@@ -28,7 +29,22 @@ import tf_keras as keras
 from maas.model.bilstm import INPUT_NAME
 
 IDF_LAYER = "idf"
+TF_LAYER = "sublinear_tf"
 TABLE_LAYER = "embedding"
+
+
+def sublinear_weights(positions: int) -> np.ndarray:
+    """``w[c] = (1 + log c) / c``: summed over the ``c`` places of a term, ``1 + log c``."""
+    counts = np.arange(positions + 1, dtype=np.float64)
+    weights = np.zeros(positions + 1)
+    weights[1:] = (1.0 + np.log(counts[1:])) / counts[1:]
+    return weights.astype(np.float32)
+
+
+def term_counts(ids: tf.Tensor) -> tf.Tensor:
+    """For each place, how often its id occurs in the post: ``(batch, n)`` int32."""
+    same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), tf.int32)
+    return tf.reduce_sum(same, axis=2)
 
 
 def max_vocabulary_size(bigram_buckets: int) -> int:
@@ -80,6 +96,7 @@ def build_wide(
     embedding_dim: int = 64,
     hidden_units: int = 0,
     dropout: float = 0.5,
+    sublinear_tf: bool = True,
     idf: np.ndarray | None = None,
     name: str = "wide",
 ) -> keras.Model:
@@ -89,6 +106,9 @@ def build_wide(
         idf: one weight per table row (:func:`inverse_document_frequencies` of the training
             split); ``None``: all ones but row 0 (for a model whose weights are loaded next).
         hidden_units: 0 goes straight from the bag to the softmax.
+        sublinear_tf: weigh a term ``1 + log tf`` instead of ``tf`` (as scikit-learn's
+            ``sublinear_tf``): each place counts its id's occurrences (an ``n x n`` equality,
+            integer ops) and reads ``(1 + log c) / c`` from a frozen table, no division.
 
     Raises:
         ValueError: a size that cannot make a model.
@@ -118,6 +138,10 @@ def build_wide(
         embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05),
         name=TABLE_LAYER,
     )(ids)
+    if sublinear_tf:
+        tf_layer = keras.layers.Embedding(int(ids.shape[1]) + 1, 1, trainable=False, name=TF_LAYER)
+        weights = weights * tf_layer(term_counts(ids))
+        tf_layer.set_weights([sublinear_weights(int(ids.shape[1]))[:, None]])
     total = tf.reduce_sum(vectors * weights, axis=1)
     x = tf.math.l2_normalize(total, axis=1)  # an empty post stays a zero vector
     if hidden_units:
