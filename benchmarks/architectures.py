@@ -1,7 +1,7 @@
 """Benchmark the architectures on the full corpus with the default parameters.
 
 For each of ``bilstm``, ``cnn``, ``wide`` and the ensemble it trains the model with the train
-stage's own code (``maas.train.run``, ``params.yaml`` as it is but for
+stage's own code (``maas.training.stage.run``, ``params.yaml`` as it is but for
 ``train.architecture`` / ``train.ensemble``) on the full data stage output, then measures on
 the test split: accuracy, macro-F1, parameters, training time (the stage's ``train_seconds``,
 early stopping included), the TFLite float32 and dynamic-range int8 sizes and single-text
@@ -106,12 +106,13 @@ def run_model(name: str, base: dict, project: Path, texts: list[str]) -> dict:
     """Train one architecture (or the ensemble) with the stage's code; measure it."""
     import tf_keras as keras
 
-    from maas import config, train
+    from maas import config
     from maas.compress.quantize import representative_ids
     from maas.data import read_split
     from maas.evaluate import classification_metrics
     from maas.export import load_keras_model
     from maas.tokenizer import Tokenizer
+    from maas.training import stage as train
 
     params = copy.deepcopy(base)
     if name != "ensemble":

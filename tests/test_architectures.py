@@ -21,7 +21,7 @@ import tf_keras as keras
 import yaml
 from conftest import merge, small_params_dict, write_project
 
-from maas import config, export, runtime, train
+from maas import config, export, runtime
 from maas.compress import stage
 from maas.config import COMPRESSION_VARIANTS
 from maas.data import read_split
@@ -35,7 +35,8 @@ from maas.model.wide import (
 )
 from maas.provenance import read_json
 from maas.tokenizer import Tokenizer
-from maas.train_ensemble import EnsembleMemberError
+from maas.training import stage as train
+from maas.training.ensemble import EnsembleMemberError
 
 pytestmark = pytest.mark.slow
 

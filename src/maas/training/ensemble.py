@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from maas import distributed
 from maas.config import EnsembleMember, TrainParams
 from maas.model import build_architecture, compile_classifier
 from maas.model.ensemble import build_ensemble
 from maas.tokenizer import Tokenizer
+from maas.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ def fit_ensemble(
     verbose: int = 0,
     first_step_marker=None,
 ):
-    """Train every member with ``fit_one`` (:func:`maas.train.fit`); return the ensemble's
+    """Train every member with ``fit_one`` (:func:`maas.training.fit.fit`); return the ensemble's
     ``TrainResult``.
 
     Raises:
         EnsembleMemberError: a member failed; nothing was exported.
     """
-    from maas.train import TrainResult
-    from maas.train_callbacks import LiveLogger
+    from maas.training.callbacks import LiveLogger
+    from maas.training.fit import TrainResult
 
     check_members(params, tokenizer)
     # The curves are logged once, whole, at the end (a logger ends with each member's fit).
