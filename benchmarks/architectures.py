@@ -54,7 +54,7 @@ def make_project(directory: Path, params: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     loaded = config.load_params(directory / "params.yaml")
-    data.prepare(loaded.data, config.project_paths(directory / "params.yaml"))
+    data.run(loaded.data, config.project_paths(directory / "params.yaml"))
     return directory
 
 
@@ -240,6 +240,25 @@ def figures(rows: list[dict], out: Path) -> None:
         plots.save(figure, out / f"architectures_{name}.png")
 
 
+COLUMNS = ["model", "val_accuracy", "test_accuracy", "test_macro_f1", "parameters",
+           "train_seconds", "tflite_float32_bytes", "tflite_dynamic_int8_bytes",
+           "tflite_dynamic_int8_test_accuracy", "tflite_dynamic_int8_latency_p50_ms",
+           "sklearn_latency_p50_ms"]  # fmt: skip
+
+
+def write_results(rows: list[dict], base: dict, out: Path) -> None:
+    result = {
+        "git_revision": git_revision(ROOT),
+        "cpus": os.cpu_count(),
+        "data": {k: base["data"][k] for k in ("vocabulary_size", "sequence_length")},
+        "rows": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "architectures.json", result)
+    (out / "architectures.md").write_text(markdown_table(rows, COLUMNS) + "\n")
+    figures(rows, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS))
@@ -268,21 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = baseline_rows(project, texts)
         for name in args.only:
             rows.append(run_model(name, base, project, texts))
-    result = {
-        "git_revision": git_revision(ROOT),
-        "cpus": os.cpu_count(),
-        "data": {k: base["data"][k] for k in ("vocabulary_size", "sequence_length")},
-        "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "architectures.json", result)
-    columns = ["model", "val_accuracy", "test_accuracy", "test_macro_f1", "parameters",
-               "train_seconds", "tflite_float32_bytes", "tflite_dynamic_int8_bytes",
-               "tflite_dynamic_int8_test_accuracy", "tflite_dynamic_int8_latency_p50_ms",
-               "sklearn_latency_p50_ms"]  # fmt: skip
-    (args.out / "architectures.md").write_text(markdown_table(rows, columns) + "\n")
-    figures(rows, args.out)
-    print(markdown_table(rows, columns))
+            write_results(rows, base, args.out)  # after each row: a long run keeps its rows
+    print((args.out / "architectures.md").read_text())
     return 0
 
 

@@ -68,7 +68,7 @@ def data_project(tmp_path_factory, corpus_available) -> Path:
 
     root = write_project(tmp_path_factory.mktemp("architectures"))
     params = config.load_params(root / "params.yaml")
-    data.prepare(params.data, config.project_paths(root / "params.yaml"))
+    data.run(params.data, config.project_paths(root / "params.yaml"))
     return root
 
 
@@ -204,3 +204,27 @@ def test_every_strategy_trains_the_ensemble_of_wide_and_cnn(data_project, tmp_pa
     served = runtime.load_runtime(paths.classifier_dir)
     probabilities = served.predict(["the rocket reached orbit", "my car needs new brakes"])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_bilstm_reading_the_first_tokens_converts_to_the_same_function():
+    from maas.compress import graph, quantize
+    from maas.model import build_classifier
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(
+        vocabulary_size=30, sequence_length=12, n_classes=3, embedding_dim=4, lstm_units=3,
+        max_tokens=7,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    ids = np.zeros((5, 12), np.int32)
+    for row, length in enumerate([0, 3, 7, 9, 12]):
+        ids[row, :length] = rng.integers(1, 30, size=length)
+    expected = model(ids, training=False).numpy()
+    np.testing.assert_allclose(graph.FusedClassifier(model)(ids).numpy(), expected, atol=1e-6)
+    converted = quantize.to_tflite(model, mode="float32")
+    assert converted.info["ops"].get("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2
+    np.testing.assert_allclose(converted.predict_ids(ids), expected, atol=1e-5)
+    # Tokens after the first 7 change nothing.
+    changed = ids.copy()
+    changed[:, 7:] = np.where(changed[:, 7:] > 0, 5, 0)
+    np.testing.assert_allclose(model(changed, training=False).numpy(), expected, atol=1e-6)

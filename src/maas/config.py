@@ -268,7 +268,7 @@ class PruneParams:
 
 @dataclass(frozen=True)
 class DistillParams:
-    student: Literal["bag_of_embeddings", "cnn"]
+    student: Literal["bag_of_embeddings", "cnn", "wide"]
     embedding_dim: int
     filters: int  # cnn only: convolution filters
     temperature: float  # softens the teacher's and the student's outputs, > 0

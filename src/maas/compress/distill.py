@@ -5,6 +5,9 @@ The student (``compress.distill.student``) is one of :data:`STUDENTS`:
 - ``bag_of_embeddings``: the mean of the post's word embeddings (padding excluded), then a
   linear layer, as fastText does. No recurrence: one gather, one sum, one matrix product.
 - ``cnn``: embeddings, one convolution (width 5, ReLU), max over time, a linear layer.
+- ``wide``: the wide model's unit-length TF-IDF-weighted bag of words (sublinear TF, IDF of
+  the training split; :func:`maas.model.wide.tfidf_bag`) with narrow embeddings, then a
+  linear layer: the wide teacher's shape, a fraction of its width.
 
 It learns from the teacher's *softened* outputs, ``softmax(log p / T)`` for a temperature
 ``T`` (the same as dividing the teacher's logits by ``T``), against its own logits divided by
@@ -25,7 +28,7 @@ import tf_keras as keras
 
 from maas.model import INPUT_NAME
 
-STUDENTS = ("bag_of_embeddings", "cnn")
+STUDENTS = ("bag_of_embeddings", "cnn", "wide")
 LOGITS_LAYER = "logits"
 CONV_WIDTH = 5
 
@@ -38,15 +41,36 @@ def build_student(
     n_classes: int,
     embedding_dim: int,
     filters: int,
+    train_ids: np.ndarray | None = None,
 ) -> keras.Model:
     """A student: token ids -> probabilities, with a ``logits`` layer before the softmax.
 
     Only built-in layers and TensorFlow ops (saved as ``TFOpLambda``), so ``model.keras``
-    loads without custom objects. Raises ``ValueError`` for an unknown architecture.
+    loads without custom objects. ``train_ids``: the training split's ids (the ``wide``
+    student's IDF). Raises ``ValueError`` for an unknown architecture.
     """
     if architecture not in STUDENTS:
         raise ValueError(f"unknown student {architecture!r} (expected one of {STUDENTS})")
     token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
+    if architecture == "wide":
+        from maas.model.wide import inverse_document_frequencies, tfidf_bag
+
+        idf = None
+        if train_ids is not None:
+            idf = inverse_document_frequencies(
+                train_ids, vocabulary_size=vocabulary_size, bigram_buckets=0
+            )
+        features = tfidf_bag(
+            token_ids,
+            vocabulary_size=vocabulary_size,
+            bigram_buckets=0,
+            embedding_dim=embedding_dim,
+            sublinear_tf=True,
+            idf=idf,
+        )
+        logits = keras.layers.Dense(n_classes, name=LOGITS_LAYER)(features)
+        probabilities = keras.layers.Softmax(name="probabilities")(logits)
+        return keras.Model(token_ids, probabilities, name=f"student_{architecture}")
     embedded = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")(token_ids)
     if architecture == "bag_of_embeddings":
         # A masked mean written with plain ops: Keras' masked average pooling divides 0 by 0

@@ -127,6 +127,7 @@ class VariantBuilder:
             n_classes=len(tokenizer.labels),
             embedding_dim=settings.embedding_dim,
             filters=settings.filters,
+            train_ids=self.inputs.train[0],
         )
         self.histories[name] = distill.train_student(
             student,

@@ -119,13 +119,39 @@ def build_wide(
         raise ValueError("vocabulary_size must be >= 3, sequence_length >= 1, buckets >= 0")
     if vocabulary_size > max_vocabulary_size(bigram_buckets):
         raise ValueError(f"vocabulary_size {vocabulary_size}: bigram ids would overflow int32")
+    token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
+    x = tfidf_bag(
+        token_ids,
+        vocabulary_size=vocabulary_size,
+        bigram_buckets=bigram_buckets,
+        embedding_dim=embedding_dim,
+        sublinear_tf=sublinear_tf,
+        idf=idf,
+    )
+    if hidden_units:
+        x = keras.layers.Dropout(dropout, name="bag_dropout")(x)
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(token_ids, probabilities, name=name)
+
+
+def tfidf_bag(
+    token_ids,
+    *,
+    vocabulary_size: int,
+    bigram_buckets: int,
+    embedding_dim: int,
+    sublinear_tf: bool,
+    idf: np.ndarray | None,
+):
+    """The unit-length TF-IDF-weighted embedding bag of a Keras input of token ids."""
     rows = vocabulary_size + bigram_buckets
     if idf is None:
         idf = np.ones(rows, np.float32)
         idf[0] = 0.0
     if idf.shape != (rows,):
         raise ValueError(f"idf: expected {rows} weights, got {idf.shape}")
-    token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
     ids = ngram_ids(token_ids, vocabulary_size=vocabulary_size, bigram_buckets=bigram_buckets)
     # The IDF as a frozen one-column embedding: a built-in layer, saved with the weights.
     idf_layer = keras.layers.Embedding(rows, 1, trainable=False, name=IDF_LAYER)
@@ -139,14 +165,9 @@ def build_wide(
         name=TABLE_LAYER,
     )(ids)
     if sublinear_tf:
-        tf_layer = keras.layers.Embedding(int(ids.shape[1]) + 1, 1, trainable=False, name=TF_LAYER)
+        places = int(ids.shape[1])
+        tf_layer = keras.layers.Embedding(places + 1, 1, trainable=False, name=TF_LAYER)
         weights = weights * tf_layer(term_counts(ids))
-        tf_layer.set_weights([sublinear_weights(int(ids.shape[1]))[:, None]])
+        tf_layer.set_weights([sublinear_weights(places)[:, None]])
     total = tf.reduce_sum(vectors * weights, axis=1)
-    x = tf.math.l2_normalize(total, axis=1)  # an empty post stays a zero vector
-    if hidden_units:
-        x = keras.layers.Dropout(dropout, name="bag_dropout")(x)
-        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(token_ids, probabilities, name=name)
+    return tf.math.l2_normalize(total, axis=1)  # an empty post stays a zero vector
