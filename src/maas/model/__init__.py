@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import tf_keras as keras
 
+from maas.config import ARCHITECTURE_PARAMS
 from maas.model.bilstm import INPUT_NAME, build_classifier
 
-ARCHITECTURES = ("bilstm", "cnn", "wide")
+ARCHITECTURES = tuple(ARCHITECTURE_PARAMS)  # the names maas.config accepts
 
 __all__ = [
     "ARCHITECTURES",

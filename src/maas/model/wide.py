@@ -47,9 +47,8 @@ def term_counts(ids: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(same, axis=2)
 
 
-def max_vocabulary_size(bigram_buckets: int) -> int:
-    """The largest vocabulary whose bigram hash ``a * V + b`` fits in int32."""
-    del bigram_buckets
+def max_vocabulary_size() -> int:
+    """The largest vocabulary whose bigram hash ``a * V + b`` fits in int32 (with bigrams)."""
     return int(np.sqrt(2**31 - 1))
 
 
@@ -117,8 +116,11 @@ def build_wide(
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     if vocabulary_size < 3 or sequence_length < 1 or bigram_buckets < 0:
         raise ValueError("vocabulary_size must be >= 3, sequence_length >= 1, buckets >= 0")
-    if vocabulary_size > max_vocabulary_size(bigram_buckets):
-        raise ValueError(f"vocabulary_size {vocabulary_size}: bigram ids would overflow int32")
+    if bigram_buckets and vocabulary_size > max_vocabulary_size():
+        raise ValueError(
+            f"vocabulary_size {vocabulary_size}: with bigram_buckets the vocabulary must be"
+            f" <= {max_vocabulary_size()} (a * V + b must fit in int32)"
+        )
     token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name=INPUT_NAME)
     x = tfidf_bag(
         token_ids,
