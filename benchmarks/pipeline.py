@@ -59,11 +59,8 @@ def main() -> int:
     rows = [{"stage": s, "seconds": t} for s, t in seconds.items()]
     rows.append({"stage": "total", "seconds": result["total_seconds"]})
     scores = [
-        {
-            "model": name,
-            "accuracy": evaluation[name]["accuracy"],
-            "macro_f1": evaluation[name]["macro_f1"],
-        }
+        {"model": name, "accuracy": evaluation[name]["accuracy"],
+         "macro_f1": evaluation[name]["macro_f1"]}
         for name in ("model", "baseline")
     ]
     text = (
