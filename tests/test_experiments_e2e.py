@@ -42,10 +42,5 @@ def test_a_queued_sweep_runs_both_architectures_and_reads_back(tmp_path, corpus_
         assert params["train"]["architecture"] == architecture
         metrics = data["metrics"]["reports/metrics/evaluate.json"]["data"]
         assert 0.0 <= metrics["model"]["accuracy"] <= 1.0
-        trained = data["metrics"]["reports/train/metrics.json"]["data"]
-        assert trained["parameters"] > 0
-    # Different architectures, different models.
-    sizes = {
-        shown[n]["metrics"]["reports/train/metrics.json"]["data"]["parameters"] for n in SWEEP
-    }
-    assert len(sizes) == 2
+        trained = data["metrics"]["reports/train/metrics.json"]["data"]  # DVCLive's summary
+        assert 0.0 <= trained["val_accuracy"] <= 1.0
