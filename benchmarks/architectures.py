@@ -123,7 +123,7 @@ def run_model(name: str, base: dict, project: Path, texts: list[str]) -> dict:
     keras.backend.clear_session()
     shutil.rmtree(paths.classifier_dir, ignore_errors=True)
     load_before = os.getloadavg()[0]
-    summary = train.run(loaded.train, paths, progress=False)
+    summary = train.run(loaded.train, paths, settings=loaded.settings.train, progress=False)
     model = load_keras_model(paths.classifier_dir)
     tokenizer = Tokenizer.load(paths.tokenizer)
     test = read_split(paths.split("test"))

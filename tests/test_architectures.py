@@ -53,13 +53,10 @@ COMPRESS = {
     "qat": {"epochs": 1},
     "distill": {"epochs": 2, "embedding_dim": 4},
     "representative_examples": 16,
-    "benchmark": {
-        "latency_examples": 3,
-        "throughput_batches": 1,
-        "warmup": 1,
-        "check_examples": 8,
-    },
 }
+
+
+QUICK_TIMING = {"latency_examples": 3, "throughput_batches": 1, "warmup": 1, "check_examples": 8}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +70,10 @@ def data_project(tmp_path_factory, corpus_available) -> Path:
 
 
 def project_for(data_project: Path, case: str, target: Path) -> tuple[Path, config.Params]:
-    raw = merge(small_params_dict(), {"train": CASES[case], "compress": COMPRESS})
+    raw = merge(
+        small_params_dict(),
+        {"train": CASES[case], "compress": COMPRESS, "settings": {"compress": QUICK_TIMING}},
+    )
     root = write_project(target, raw)
     shutil.copytree(data_project / "data" / "processed", root / "data" / "processed")
     return root, config.load_params(root / "params.yaml")
@@ -82,7 +82,8 @@ def project_for(data_project: Path, case: str, target: Path) -> tuple[Path, conf
 @pytest.fixture(scope="module", params=list(CASES))
 def trained(request, data_project, tmp_path_factory) -> tuple[str, Path, dict]:
     root, params = project_for(data_project, request.param, tmp_path_factory.mktemp("case"))
-    summary = train.run(params.train, config.project_paths(root / "params.yaml"), progress=False)
+    paths = config.project_paths(root / "params.yaml")
+    summary = train.run(params.train, paths, settings=params.settings.train, progress=False)
     return request.param, root, summary
 
 
@@ -112,7 +113,8 @@ def test_the_stage_trains_and_exports_the_chosen_architecture(trained):
 def test_every_compression_variant_reloads_and_matches(trained):
     case, root, _ = trained
     paths = config.project_paths(root / "params.yaml")
-    result = stage.run(config.load_params(root / "params.yaml").compress, paths)
+    params = config.load_params(root / "params.yaml")
+    result = stage.run(params.compress, paths, settings=params.settings.compress)
     rows = {row["variant"]: row for row in result["rows"]}
     assert set(COMPRESSION_VARIANTS) <= set(rows)
     # The stage reloaded each from disk and compared it with the in-memory model.
@@ -177,7 +179,12 @@ def test_a_member_that_cannot_be_built_fails_before_any_training(data_project, t
     shutil.copytree(data_project / "data" / "processed", root / "data" / "processed")
     params = config.load_params(root / "params.yaml")
     with pytest.raises(EnsembleMemberError, match=r"train.ensemble\[1\] \(cnn, seed 2\)"):
-        train.run(params.train, config.project_paths(root / "params.yaml"), progress=False)
+        train.run(
+            params.train,
+            config.project_paths(root / "params.yaml"),
+            settings=params.settings.train,
+            progress=False,
+        )
     assert not (root / "models" / "classifier").exists()  # no half-written model
     assert yaml.safe_load((root / "params.yaml").read_text())["train"]["ensemble"]
 
@@ -196,7 +203,7 @@ def test_every_strategy_trains_the_ensemble_of_wide_and_cnn(data_project, tmp_pa
         completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, completed.stderr[-3000:]
     else:
-        train.run(params.train, paths)
+        train.run(params.train, paths, settings=params.settings.train)
     record = read_json(paths.classifier_dir / "provenance.json")
     assert record["metrics"]["strategy"] == strategy
     model = export.load_keras_model(paths.classifier_dir)
