@@ -28,6 +28,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from maas.config import PRUNABLE_LAYERS
+from maas.progress import epoch_logger
 
 
 class PrunableBidirectional(keras.layers.Bidirectional, tfmot.sparsity.keras.PrunableLayer):
@@ -159,7 +160,11 @@ def prune(
         batch_size=batch_size,
         epochs=epochs,
         shuffle=True,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), keeper],
+        callbacks=[
+            tfmot.sparsity.keras.UpdatePruningStep(),
+            keeper,
+            epoch_logger("prune", epochs),
+        ],
         verbose=0,
     ).history
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)

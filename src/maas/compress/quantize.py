@@ -31,6 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.compress.graph import FusedClassifier, has_recurrent_layer
+from maas.progress import epoch_logger
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ def quantization_aware(
         batch_size=batch_size,
         epochs=epochs,
         shuffle=True,
+        callbacks=[epoch_logger("qat", epochs)],
         verbose=0,
     ).history
     return aware, {k: [float(v) for v in values] for k, values in history.items()}

@@ -260,15 +260,24 @@ def run(params: CompressParams, paths: Paths) -> dict[str, Any]:
             )  # fmt: skip
             row["round_trip_max_abs_diff"] = difference
             row["build_seconds"] = round(time.perf_counter() - started, 1)
+            log.info(
+                "compress: %s: built, written, reloaded and checked in %.1f s (max diff %.2g)",
+                name, row["build_seconds"], difference,
+            )  # fmt: skip
             rows.append(row)
             predictors[name] = runtime.predict
             details["conversions"][name] = variant.info
             details["round_trip_max_abs_diff"][name] = difference
         # Every row is timed after the others are built, in turns (see report.benchmark).
+        log.info("compress: timing %d models in turns", len(predictors))
         timings = report.benchmark(predictors, test.texts, params.benchmark)
         for row in rows:
             del row["_classes"]
             row.update(timings[row["variant"]])
+            log.info(
+                "compress: %s: timed, p50 %.2f ms, p99 %.2f ms, %.0f texts/s", row["variant"],
+                row["latency_p50_ms"], row["latency_p99_ms"], row["throughput_per_s"],
+            )  # fmt: skip
             if (out / row["variant"]).is_dir():
                 update_provenance(out / row["variant"], {"metrics": _headline(row)})
     details["histories"] = builder.histories
@@ -283,9 +292,7 @@ def _headline(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish(rows: list[dict[str, Any]], details: dict[str, Any], paths: Paths) -> dict[str, Any]:
-    """Write the metrics, the rows (for ``dvc plots``) and the figures; return the report."""
-    from maas import plots
-
+    """Write the metrics and the rows (for ``dvc plots``); return the report."""
     by_name = {row["variant"]: row for row in rows}
     targets = report.targets(by_name)
     metrics = {
@@ -295,8 +302,4 @@ def finish(rows: list[dict[str, Any]], details: dict[str, Any], paths: Paths) ->
     }
     write_json(paths.metrics_dir / "compress.json", metrics)
     write_json(paths.reports_dir / "compress" / "variants.json", rows)
-    plots.save(report.accuracy_vs_size(rows), paths.figures_dir / "compress_accuracy_vs_size.png")
-    plots.save(
-        report.accuracy_vs_latency(rows), paths.figures_dir / "compress_accuracy_vs_latency.png"
-    )
     return {"rows": rows, "targets": targets, "metrics": metrics, **details}
