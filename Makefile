@@ -27,6 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)" >/dev/null
 	@touch $@
 
 venv: $(STAMP)  ## create or update .venv from requirements.lock
@@ -37,8 +38,7 @@ pipeline: $(STAMP)  ## run the whole pipeline with the default, full-size parame
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-lab: $(STAMP)  ## open JupyterLab on the project kernel "maas"
-	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)"
+lab: $(STAMP)  ## open JupyterLab on the project kernel "Python (maas)"
 	cd notebooks && ../$(BIN)/jupyter lab
 
 report: $(STAMP)  ## build reports/index.html from whatever stages have run, and open it
