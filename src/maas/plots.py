@@ -202,3 +202,24 @@ def serving_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_title("Sequential single-text requests on loopback")
     figure.legend(loc="outside right upper", fontsize=8)
     return figure
+
+
+def experiments(table: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> Figure:
+    """One group of bars per experiment (``maas.experiments`` rows), one bar per metric."""
+    names = [row["experiment"] for row in table]
+    figure = Figure(
+        figsize=(10, 1.5 + 0.5 * len(names) * max(len(metrics), 1)), layout="constrained"
+    )
+    ax = figure.subplots()
+    height = 0.8 / max(len(metrics), 1)
+    y = np.arange(len(names))
+    for i, metric in enumerate(metrics):
+        values = [row.get(metric) for row in table]
+        numbers = [v if isinstance(v, int | float) else np.nan for v in values]
+        ax.barh(y + i * height, numbers, height=height, label=metric)
+    ax.set_yticks(y + height * (len(metrics) - 1) / 2, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("value")
+    ax.set_title("Experiments (dvc exp show)")
+    ax.legend(fontsize=8)
+    return figure
