@@ -39,7 +39,7 @@ test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)  ## open JupyterLab on the project kernel "Python (maas)"
-	cd notebooks && ../$(BIN)/jupyter lab
+	cd notebooks && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 report: $(STAMP)  ## build reports/index.html from whatever stages have run, and open it
 	$(BIN)/python -m maas.report --open
