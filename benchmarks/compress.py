@@ -33,7 +33,7 @@ from maas import config, data, progress
 from maas.compress import onnx_export, quantize, report, stage, variants
 from maas.provenance import write_json
 from maas.reporting import markdown_table
-from maas.train import run as train_run
+from maas.training import stage as training
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {
@@ -93,8 +93,8 @@ def make_project(target: Path, docs_per_class: int, train_epochs: int, settings:
     loaded = config.load_params(target / "params.yaml")
     paths = config.project_paths(target / "params.yaml")
     if not (paths.classifier_dir / "provenance.json").is_file():
-        data.prepare(loaded.data, paths)
-        train_run(loaded.train, paths, progress=False)
+        data.run(loaded.data, paths)
+        training.run(loaded.train, paths, progress=False)
     return loaded, paths
 
 

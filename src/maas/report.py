@@ -132,13 +132,13 @@ def registry_section(root: Path) -> Section:
     """Registered versions and stages of every artifact (GTO tags), if any."""
     title = "Registered versions"
     try:
-        from maas import registry
+        from maas.registry import store, tags
 
         rows = [
             {"artifact": name, "version": v.version, "commit": v.commit[:12],
              "created": v.created_at, "stages": ", ".join(v.stages)}
-            for name in registry.declared_artifacts(root)
-            for v in registry.list_versions(root, name, metrics=False)
+            for name in store.declared_artifacts(root)
+            for v in tags.list_versions(root, name, metrics=False)
         ]  # fmt: skip
     except Exception as error:  # no git repository, no GTO tags: the page is still useful
         log.info("report: no registry read (%s)", error)
