@@ -115,6 +115,8 @@ def main() -> int:
         shutil.rmtree(args.project, ignore_errors=True)
     params, paths = make_project(args.project, args.docs_per_class, args.train_epochs, args.set)
     instrument()
+    if args.sequential:
+        stage.OFF_THREAD = ()
     profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()
     if profiler:
@@ -148,6 +150,7 @@ def main() -> int:
     record = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "project": {"docs_per_class": args.docs_per_class, "settings": args.set},
+        "evaluation": "sequential" if args.sequential else "TFLite and ONNX on a second thread",
         "test_posts": len(data.read_split(paths.split("test"))),
         "total_seconds": round(total, 1),
         "phase_seconds": phases,
@@ -158,7 +161,8 @@ def main() -> int:
         "# Compress stage profile",
         "",
         f"{record['machine']}; teacher of the full-size architecture, {args.docs_per_class} "
-        f"posts per class, {record['test_posts']} test posts; settings {args.set or 'default'}.",
+        f"posts per class, {record['test_posts']} test posts; settings {args.set or 'default'}; "
+        f"evaluation: {record['evaluation']}.",
         f"Total: **{record['total_seconds']} s**.",
         "",
         markdown_table([{"phase": k, "seconds": v} for k, v in phases.items()]),
