@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the stage too")
     parser.add_argument("--fresh", action="store_true", help="rebuild the project")
     parser.add_argument(
+        "--sequential", action="store_true", help="evaluate every variant in turn (as before)"
+    )
+    parser.add_argument(
         "--name", default="compress", help="output files: reports/benchmarks/NAME.*"
     )
     args = parser.parse_args()
