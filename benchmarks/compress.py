@@ -9,7 +9,7 @@ Writes ``reports/benchmarks/compress.json`` and ``compress.md`` (``--profile``: 
 cProfile listing as well) and prints the table.
 
     .venv/bin/python benchmarks/compress.py --docs-per-class 120
-    .venv/bin/python benchmarks/compress.py --set compress.distill.epochs=10
+    .venv/bin/python benchmarks/compress.py --set settings.compress.latency_examples=100
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def make_project(target: Path, docs_per_class: int, train_epochs: int, settings:
     paths = config.project_paths(target / "params.yaml")
     if not (paths.classifier_dir / "provenance.json").is_file():
         data.run(loaded.data, paths)
-        training.run(loaded.train, paths, progress=False)
+        training.run(loaded.train, paths, settings=loaded.settings.train, progress=False)
     return loaded, paths
 
 
@@ -124,7 +124,7 @@ def main() -> int:
     start = time.perf_counter()
     if profiler:
         profiler.enable()
-    result = stage.run(params.compress, paths)
+    result = stage.run(params.compress, paths, settings=params.settings.compress)
     if profiler:
         profiler.disable()
     total = time.perf_counter() - start

@@ -67,6 +67,25 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The server application for ``config`` (models load when its lifespan starts)."""
     if not Path(config.model_repository).is_dir():
         raise FileNotFoundError(f"model repository not found: {config.model_repository}")
+    state = build_state(config)
+    app = FastAPI(
+        title="maas model server",
+        version=__version__,
+        description=(
+            "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
+            "Protocol (v2) and the seed's `POST /predict`."
+        ),
+        lifespan=make_lifespan(config, state),
+        strict_content_type=False,
+    )
+    app.state.maas = state
+    add_routes(app)
+    add_middleware(app, config, state.metrics)
+    return app
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    """The repository (not loaded yet), its predictors (batched or direct) and metrics."""
     metrics = Metrics()
 
     def make_predictor(loaded: LoadedVersion) -> DirectPredictor | DynamicBatcher:
@@ -89,7 +108,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         make_predictor=make_predictor,
         warmup_batch_sizes=tuple(sorted(set(warmup))),
     )
-    state = ServerState(repository, config.limits, metrics, config.default_model)
+    return ServerState(repository, config.limits, metrics, config.default_model)
+
+
+def make_lifespan(config: ServerConfig, state: ServerState):
+    """Load the models (before the first request, or in the background), poll the
+    repository, and close every predictor at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,32 +131,30 @@ def create_app(config: ServerConfig) -> FastAPI:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            repository = state.repository
             for name in repository.model_names():
                 for loaded in repository.served(name).values():
                     await loaded.predictor.close()
 
-    app = FastAPI(
-        title="maas model server",
-        version=__version__,
-        description=(
-            "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
-            "Protocol (v2) and the seed's `POST /predict`."
-        ),
-        lifespan=lifespan,
-        strict_content_type=False,
-    )
-    app.state.maas = state
+    return lifespan
+
+
+def add_routes(app: FastAPI) -> None:
+    """The three protocols, the metrics endpoint and the error handlers."""
     app.include_router(protocol_v1.router)
     app.include_router(protocol_v2.router)
     app.include_router(seed_api.router)
     app.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], include_in_schema=False)
     _add_error_handlers(app)
+
+
+def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
+    """Body limit, JSON bodies, API keys, observability (in that order, innermost first)."""
     # add_middleware wraps the app: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(config.api_key_hashes))
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
-    return app
 
 
 async def _metrics_endpoint(request: Request) -> Response:
