@@ -1,6 +1,7 @@
 # maas: the two commands of the README's quick start, and a few helpers.
 #   make pipeline   create .venv if missing, then rebuild the whole pipeline (dvc repro)
 #   make test       create .venv if missing, then run the whole test suite
+#   make report     build reports/index.html from whatever stages have run, and open it
 # Everything runs from the project's own virtualenv; nothing is installed globally.
 
 PYTHON ?= python3.11
@@ -9,8 +10,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # DVC stages call papermill, and papermill starts the notebook kernel: both from .venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# `make pipeline V=1`: every library's log lines, TensorFlow's C++ start-up lines included.
+ifdef V
+export MAAS_VERBOSE := $(V)
+endif
 
-.PHONY: help venv pipeline test lab lint bench bench-serving lock clean-venv
+.PHONY: help venv pipeline test lab report lint bench bench-serving lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -22,6 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)" >/dev/null
 	@touch $@
 
 venv: $(STAMP)  ## create or update .venv from requirements.lock
@@ -32,9 +38,11 @@ pipeline: $(STAMP)  ## run the whole pipeline with the default, full-size parame
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-lab: $(STAMP)  ## open JupyterLab on the project kernel "maas"
-	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)"
-	cd notebooks && ../$(BIN)/jupyter lab
+lab: $(STAMP)  ## open JupyterLab on the project kernel "Python (maas)"
+	cd notebooks && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+
+report: $(STAMP)  ## build reports/index.html from whatever stages have run, and open it
+	$(BIN)/python -m maas.report --open
 
 lint: $(STAMP)  ## ruff: lint and format check
 	$(BIN)/ruff check src tests benchmarks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ if "SCIKIT_LEARN_DATA" not in os.environ and SHARED_CORPUS.is_dir():
     os.environ["SCIKIT_LEARN_DATA"] = str(SHARED_CORPUS)
 
 import maas  # noqa: E402,F401  (selects Keras 2 before any test imports TensorFlow)
+
+PROJECT_KERNEL = "maas"  # the notebooks' kernel, "Python (maas)", as `make venv` installs it
+
+
+def pytest_sessionstart(session) -> None:
+    """The notebooks run on the project kernel: install it into this environment if missing."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(PROJECT_KERNEL)
+    except NoSuchKernel:
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=PROJECT_KERNEL, display_name="Python (maas)", prefix=sys.prefix)
+
 
 # The small parameter set: tests/small-params.yaml, applied on top of params.yaml (the rollback
 # benchmark reads the same file).

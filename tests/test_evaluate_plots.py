@@ -78,3 +78,25 @@ def test_markdown_tables():
     table = reporting.markdown_table([{"a": 1, "b": 0.123456}, {"a": 2}])
     assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.1235 |", "| 2 |  |"]
     assert reporting.markdown_table([]) == "_(no rows)_"
+
+
+def test_every_figure_displays_as_png_in_ipython_without_pyplot():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    formatter = InteractiveShell.instance().display_formatter
+    rows = [
+        {"variant": "teacher_keras", "gzip_bytes": 9e5, "latency_p50_ms": 90.0, "accuracy": 0.6},
+        {"variant": "int8", "gzip_bytes": 2e5, "latency_p50_ms": 1.2, "accuracy": 0.59},
+    ]
+    latency = [{"model": "classifier", "v1_p50_ms": 3.0, "v1_p99_ms": 9.0, "runtime": "tflite"}]
+    table = [{"experiment": "a", "m": 0.5}, {"experiment": "b", "m": 0.7}]
+    figures = [
+        plots.confusion_matrix([[3, 1], [0, 4]], ["a", "b"]),
+        plots.accuracy_vs_size(rows),
+        plots.accuracy_vs_latency(rows),
+        plots.serving_latency(latency),
+        plots.experiments(table, ["m"]),
+    ]
+    for figure in figures:
+        data, _ = formatter.format(figure)
+        assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"

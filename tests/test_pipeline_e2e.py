@@ -1,7 +1,9 @@
 """End to end: the real DVC pipeline on small parameters in a temporary copy of the repo.
 
-`dvc repro` executes every notebook with papermill; a second `dvc repro` re-runs nothing;
-nbval re-executes the notebooks as a researcher would; an interrupted stage leaves nothing
+`dvc repro` executes every notebook with papermill, shows each stage's progress and none of
+TensorFlow's native start-up lines, and every figure shows in its notebook as the PNG the stage
+wrote; the report page gathers every stage; a second `dvc repro` re-runs nothing; nbval
+re-executes the notebooks as a researcher would; an interrupted stage leaves nothing
 half-written and the next `dvc repro` completes.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +22,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import ROOT, small_params_dict
+from conftest import ROOT, SMALL_OVERRIDES, small_params_dict
+from notebook_checks import assert_figures_rendered
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -54,8 +58,16 @@ def copy_repo(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, corpus_available):
     root = copy_repo(tmp_path_factory.mktemp("repo"))
-    run([BIN / "dvc", "repro"], root)
+    result = run([BIN / "dvc", "repro"], root)
+    (root.parent / "repro.log").write_text(result.stdout + result.stderr)
     return root
+
+
+STAGE_NOTEBOOKS = ["01-data", "02-train", "03-evaluate", "04-compress", "05-serve"]
+FIGURES = [
+    "data_card", "training_curves", "confusion_matrix", "per_class_f1",
+    "compress_accuracy_vs_size", "compress_accuracy_vs_latency", "serve_latency",
+]  # fmt: skip
 
 
 def test_repro_builds_every_output(repo):
@@ -68,14 +80,13 @@ def test_repro_builds_every_output(repo):
     evaluation = json.loads((repo / "reports" / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= evaluation["model"]["accuracy"] <= 1.0
     assert evaluation["baseline"]["accuracy"] > 1 / 3  # three classes: better than chance
-    for figure in ("data_card", "training_curves", "confusion_matrix", "per_class_f1"):
+    for figure in FIGURES:
         assert (repo / "reports" / "figures" / f"{figure}.png").stat().st_size > 1000
 
 
 def test_executed_notebooks_ran_every_cell_with_injected_parameters(repo):
     executed = sorted((repo / "reports" / "notebooks").glob("*.ipynb"))
-    sources = sorted(p.name for p in (repo / "notebooks").glob("*.ipynb"))
-    assert [p.name for p in executed] == sources
+    assert [p.stem for p in executed] == STAGE_NOTEBOOKS
     for path in executed:
         notebook = nbformat.read(path, as_version=4)
         tags = [cell.metadata.get("tags", []) for cell in notebook.cells]
@@ -83,6 +94,40 @@ def test_executed_notebooks_ran_every_cell_with_injected_parameters(repo):
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]
         assert all(cell.get("execution_count") for cell in code), path.name
         assert not [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def test_every_figure_shows_in_its_notebook_as_the_png_the_stage_wrote(repo):
+    drawn = []
+    for name in STAGE_NOTEBOOKS:
+        notebook = repo / "reports" / "notebooks" / f"{name}.ipynb"
+        drawn += assert_figures_rendered(notebook, repo / "reports" / "figures")
+    assert sorted(drawn) == sorted(f"{name}.png" for name in FIGURES)
+
+
+def test_repro_shows_progress_and_no_native_noise(repo):
+    log = (repo.parent / "repro.log").read_text()
+    for stage in ("data", "train", "evaluate", "compress", "serve"):
+        assert f"stage {stage}: started" in log, stage
+        assert re.search(rf"stage {stage}: done in \d+\.\d s", log), stage
+    epochs = SMALL_OVERRIDES["train"]["epochs"]
+    assert f"train: epoch {epochs}/{epochs}" in log
+    assert "distilled: epoch 1/" in log
+    for variant in SMALL_OVERRIDES["compress"]["variants"]:
+        assert f"compress: {variant}: built, written, reloaded and checked" in log, variant
+        assert f"compress: {variant}: timed" in log, variant
+    assert "serve: server ready" in log and "serve: classifier: every protocol probed" in log
+    for noise in ("port.cc", "cuInit", "oneDNN", "absl::InitializeLog", "XNNPACK", "Traceback"):
+        assert noise not in log, noise
+
+
+def test_report_page_gathers_every_stage(repo):
+    page = (repo / "reports" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    for title in ("Data", "Training", "Model against the baseline", "Compression", "Serving"):
+        assert f">{title}</h2>" in page
+    assert "run `dvc repro" not in page  # no stage is missing
+    twin = (repo / "reports" / "README.md").read_text()
+    assert all(f"(figures/{name}.png)" in twin for name in FIGURES)
 
 
 def test_second_repro_reruns_nothing(repo):

@@ -1,24 +1,57 @@
-"""Figures for the notebooks and reports.
+"""Every figure of the project: the stages' notebooks, the report page and the benchmarks.
 
-Each function returns a :class:`matplotlib.figure.Figure` built without pyplot's global
-state, so it works the same in a notebook, a test and a headless pipeline run. Notebooks
-display the figure and :func:`save` writes it under ``reports/figures``.
+Each function returns a :class:`Figure` built without pyplot's global state, so it works the
+same in a notebook, a test and a headless pipeline run. Without pyplot, IPython knows no image
+formatter for a figure (it would show ``<Figure size ...>`` as text), so :class:`Figure` renders
+itself as PNG, and :func:`show` writes a figure under ``reports/figures`` and displays *the same
+PNG bytes* in the notebook: what a reader sees is what the pipeline wrote.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import matplotlib.figure
 import numpy as np
-from matplotlib.figure import Figure
+
+DPI = 110
 
 
-def save(figure: Figure, path: str | Path) -> Path:
+class Figure(matplotlib.figure.Figure):
+    """A matplotlib figure that notebooks (Jupyter, papermill, nbval) display as PNG."""
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self)
+
+
+def save(figure: matplotlib.figure.Figure, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG file (folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    path.write_bytes(png_bytes(figure))
     return path
+
+
+def show(figure: matplotlib.figure.Figure, path: str | Path) -> None:
+    """Write ``figure`` to ``path`` and display the same PNG in the notebook.
+
+    The image output carries the file's name in its metadata (``{"maas": {"file": ...}}``),
+    so a test can match every image of an executed notebook with the file the stage wrote.
+    """
+    from IPython.display import Image, display
+
+    path = save(figure, path)
+    display(Image(data=path.read_bytes(), format="png"), metadata={"maas": {"file": path.name}})
+
+
+def png_bytes(figure: matplotlib.figure.Figure) -> bytes:
+    """The figure as PNG (the bytes :func:`save` writes)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def data_card(card: Mapping) -> Figure:
@@ -102,4 +135,91 @@ def per_class_f1(reports: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Fi
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 on the test split")
     ax.legend()
+    return figure
+
+
+def tradeoff(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -> Figure:
+    """Test accuracy against one cost (size or latency), log scale, one labelled dot a row."""
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = figure.subplots()
+    # Variants of one model share an accuracy: stagger their labels so that they stay legible.
+    offsets = [(5, 4), (5, -10), (-5, 12), (-5, -16), (5, 18)]
+    for index, row in enumerate(rows):
+        teacher = row["variant"].startswith("teacher")
+        ax.scatter(row[x], row["accuracy"], marker="s" if teacher else "o", s=40)
+        dx, dy = offsets[index % len(offsets)]
+        ax.annotate(
+            row["variant"],
+            (row[x], row["accuracy"]),
+            fontsize=8,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="left" if dx > 0 else "right",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def accuracy_vs_size(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """The compress stage's rows: accuracy against the gzipped model file."""
+    figure = tradeoff(rows, x="gzip_bytes", xlabel="model file, gzip -9 (bytes, log)")
+    figure.axes[0].set_title("Accuracy against size")
+    return figure
+
+
+def accuracy_vs_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """The compress stage's rows: accuracy against single-text latency."""
+    figure = tradeoff(
+        rows, x="latency_p50_ms", xlabel="single-text latency p50 (ms, log; tokenization included)"
+    )
+    figure.axes[0].set_title("Accuracy against latency")
+    return figure
+
+
+def serving_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Median and 99th percentile latency per model and protocol (single-text requests).
+
+    Each row names a ``model`` and, per protocol, ``<protocol>_p50_ms`` and ``<protocol>_p99_ms``.
+    """
+    protocols = [key.removesuffix("_p50_ms") for key in rows[0] if key.endswith("_p50_ms")]
+    figure = Figure(figsize=(10, 1.2 + 0.9 * len(rows)), layout="constrained")
+    ax = figure.subplots()
+    height = 0.8 / len(protocols)
+    y = np.arange(len(rows))
+    for i, protocol in enumerate(protocols):
+        p50 = [row[f"{protocol}_p50_ms"] for row in rows]
+        p99 = [row[f"{protocol}_p99_ms"] for row in rows]
+        bars = ax.barh(y + i * height, p50, height=height, label=f"{protocol} p50")
+        ax.errorbar(
+            p99, y + i * height, fmt="|", color=bars.patches[0].get_facecolor(), markersize=12
+        )
+    ax.set_yticks(y + height * (len(protocols) - 1) / 2, [row["model"] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per request, ms (bar: median, tick: 99th percentile)")
+    ax.set_title("Sequential single-text requests on loopback")
+    figure.legend(loc="outside right upper", fontsize=8)
+    return figure
+
+
+def experiments(table: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> Figure:
+    """One group of bars per experiment (``maas.experiments`` rows), one bar per metric."""
+    names = [row["experiment"] for row in table]
+    figure = Figure(
+        figsize=(10, 1.5 + 0.5 * len(names) * max(len(metrics), 1)), layout="constrained"
+    )
+    ax = figure.subplots()
+    height = 0.8 / max(len(metrics), 1)
+    y = np.arange(len(names))
+    for i, metric in enumerate(metrics):
+        values = [row.get(metric) for row in table]
+        numbers = [v if isinstance(v, int | float) else np.nan for v in values]
+        ax.barh(y + i * height, numbers, height=height, label=metric)
+    ax.set_yticks(y + height * (len(metrics) - 1) / 2, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("value")
+    ax.set_title("Experiments (dvc exp show)")
+    ax.legend(fontsize=8)
     return figure

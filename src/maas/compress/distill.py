@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.model import INPUT_NAME
+from maas.progress import epoch_logger
 
 STUDENTS = ("bag_of_embeddings", "cnn", "wide")
 LOGITS_LAYER = "logits"
@@ -169,6 +170,7 @@ def train_student(
     Returns the training history (loss and accuracy per epoch, validation included).
     """
     ids, labels = train
+    label = "scratch" if teacher_probabilities is None else "distilled"
     if teacher_probabilities is None:
         alpha = 1.0
         teacher_probabilities = np.zeros((len(ids), student.output_shape[-1]), np.float32)
@@ -189,6 +191,10 @@ def train_student(
         monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
     )
     history = distiller.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stopper], verbose=0
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=[stopper, epoch_logger(label, epochs)],
+        verbose=0,
     ).history
     return {k: [float(v) for v in values] for k, values in history.items()}

@@ -30,6 +30,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from maas.config import PRUNABLE_LAYERS
 from maas.model.ensemble import build_ensemble, ensemble_members
+from maas.progress import epoch_logger
 
 
 class PrunableBidirectional(keras.layers.Bidirectional, tfmot.sparsity.keras.PrunableLayer):
@@ -182,7 +183,11 @@ def prune_one(
         batch_size=batch_size,
         epochs=epochs,
         shuffle=True,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), keeper],
+        callbacks=[
+            tfmot.sparsity.keras.UpdatePruningStep(),
+            keeper,
+            epoch_logger("prune", epochs),
+        ],
         verbose=0,
     ).history
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)

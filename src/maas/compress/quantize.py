@@ -32,6 +32,7 @@ import tf_keras as keras
 
 from maas.compress.graph import FusedClassifier, has_recurrent_layer
 from maas.model.ensemble import build_ensemble, ensemble_members
+from maas.progress import epoch_logger
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def quantization_aware_one(
         batch_size=batch_size,
         epochs=epochs,
         shuffle=True,
+        callbacks=[epoch_logger("qat", epochs)],
         verbose=0,
     ).history
     return aware, {k: [float(v) for v in values] for k, values in history.items()}

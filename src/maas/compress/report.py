@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from maas.config import CompressSettings, TargetParams
 from maas.reporting import markdown_table
@@ -219,45 +218,6 @@ def _fastest(variants, teacher, goals: TargetParams) -> dict[str, Any]:
         "goal": f">= {goals.fastest_speedup}x faster than Keras model.predict (p50)",
         "met": bool(speedup >= goals.fastest_speedup),
     }
-
-
-def tradeoff_figure(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -> Figure:
-    """Test accuracy against one cost (size or latency), log scale, one labelled dot a row."""
-    figure = Figure(figsize=(9, 5.5), layout="constrained")
-    ax = figure.subplots()
-    # Variants of one model share an accuracy: stagger their labels so that they stay legible.
-    offsets = [(5, 4), (5, -10), (-5, 12), (-5, -16), (5, 18)]
-    for index, row in enumerate(rows):
-        teacher = row["variant"].startswith("teacher")
-        ax.scatter(row[x], row["accuracy"], marker="s" if teacher else "o", s=40)
-        dx, dy = offsets[index % len(offsets)]
-        ax.annotate(
-            row["variant"],
-            (row[x], row["accuracy"]),
-            fontsize=8,
-            xytext=(dx, dy),
-            textcoords="offset points",
-            ha="left" if dx > 0 else "right",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    return figure
-
-
-def accuracy_vs_size(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    figure = tradeoff_figure(rows, x="gzip_bytes", xlabel="model file, gzip -9 (bytes, log)")
-    figure.axes[0].set_title("Accuracy against size")
-    return figure
-
-
-def accuracy_vs_latency(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    figure = tradeoff_figure(
-        rows, x="latency_p50_ms", xlabel="single-text latency p50 (ms, log; tokenization included)"
-    )
-    figure.axes[0].set_title("Accuracy against latency")
-    return figure
 
 
 def target_rows(targets: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from maas.config import Paths, ServeParams, ServeSettings
 from maas.ports import free_port
@@ -66,9 +65,15 @@ def run(params: ServeParams, paths: Paths, *, settings: ServeSettings) -> dict[s
     log_path = paths.reports_dir / "serve" / "server.log"
     start = time.perf_counter()
     timeout_s = settings.startup_timeout_s
+    log.info("serve: repository of %d model(s) built; starting the server", len(models))
     with background_server(paths.repository_dir, args, log_path, timeout_s) as url:
         startup_s = time.perf_counter() - start
-        rows = [probe_model(url, name, settings.latency_requests) for name in sorted(models)]
+        log.info("serve: server ready at %s after %.1f s", url, startup_s)
+        rows = []
+        for name in sorted(models):
+            rows.append(probe_model(url, name, settings.latency_requests))
+            log.info("serve: %s: every protocol probed, %s", name, _latency_line(rows[-1]))
+    log.info("serve: server stopped")
     report = {
         "models": sorted(models),
         "startup_s": round(startup_s, 2),
@@ -150,6 +155,12 @@ def probe_model(url: str, model: str, requests: int) -> dict[str, Any]:
     return row
 
 
+def _latency_line(row: dict[str, Any]) -> str:
+    agree = "they agree" if row["protocols_agree"] else "they DISAGREE"
+    medians = ", ".join(f"{p} {row[f'{p}_p50_ms']} ms" for p in PROTOCOLS)
+    return f"{agree}; p50 {medians}"
+
+
 def _single_text_body(protocol: str, model: str) -> dict[str, Any]:
     text = PROBE_TEXTS[0]
     if protocol == "tfserving_v1":
@@ -165,24 +176,3 @@ def _labels(protocol: str, body: dict[str, Any]) -> list[str]:
     if protocol == "oip_v2":
         return next(o for o in body["outputs"] if o["name"] == "labels")["data"]
     return [row["label"] for row in body["predictions"]]
-
-
-def latency_figure(rows: list[dict[str, Any]]) -> Figure:
-    """Median and 99th percentile latency per model and protocol (single-text requests)."""
-    figure = Figure(figsize=(10, 1.2 + 0.9 * len(rows)), layout="constrained")
-    ax = figure.subplots()
-    height = 0.8 / len(PROTOCOLS)
-    y = np.arange(len(rows))
-    for i, protocol in enumerate(PROTOCOLS):
-        p50 = [row[f"{protocol}_p50_ms"] for row in rows]
-        p99 = [row[f"{protocol}_p99_ms"] for row in rows]
-        bars = ax.barh(y + i * height, p50, height=height, label=f"{protocol} p50")
-        ax.errorbar(
-            p99, y + i * height, fmt="|", color=bars.patches[0].get_facecolor(), markersize=12
-        )
-    ax.set_yticks(y + height * (len(PROTOCOLS) - 1) / 2, [row["model"] for row in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("latency per request, ms (bar: median, tick: 99th percentile)")
-    ax.set_title("Sequential single-text requests on loopback")
-    figure.legend(loc="outside right upper", fontsize=8)
-    return figure

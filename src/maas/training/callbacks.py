@@ -63,7 +63,7 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())
-        log.info("epoch %d/%d: %s", epoch + 1, self.epochs, values)
+        log.info("train: epoch %d/%d: %s", epoch + 1, self.epochs, values)
 
 
 class LiveLogger(keras.callbacks.Callback):

@@ -1,0 +1,72 @@
+"""Progress lines on the console: what a stage is doing, and for how long it has.
+
+The stages run inside notebook kernels under papermill, whose ``--stderr-file /dev/stderr``
+(in ``dvc.yaml``) copies the kernel's stderr to the console of ``dvc repro`` as it comes. So
+the package only logs; :func:`configure` sends ``maas``'s INFO lines (and every library's
+warnings) to stderr, one short line each, and ``MAAS_VERBOSE=1`` shows every library's INFO
+lines and maas's DEBUG lines as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from maas import quiet
+
+FORMAT = "%(asctime)s %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+log = logging.getLogger("maas.progress")
+
+
+def configure() -> None:
+    """Log to stderr: maas at INFO (DEBUG when verbose), other libraries at WARNING (INFO)."""
+    verbose = quiet.verbose()
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=FORMAT,
+        datefmt=DATE_FORMAT,
+        force=True,
+    )
+    logging.getLogger("maas").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # TensorFlow's Python loggers note every SavedModel asset and serialisation detail.
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+@contextlib.contextmanager
+def step(label: str) -> Iterator[None]:
+    """Log ``label ...`` now and ``label: done in N s`` (or ``failed after``) at the end."""
+    log.info("%s ...", label)
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        log.info("%s: failed after %.1f s", label, time.perf_counter() - started)
+        raise
+    log.info("%s: done in %.1f s", label, time.perf_counter() - started)
+
+
+def epoch_logger(label: str, epochs: int) -> Any:
+    """A Keras callback that logs one line per epoch: metrics and seconds.
+
+    Args:
+        label: what is being trained (``prune``, ``distilled``, ...), at the start of each line.
+        epochs: the budget, shown as ``epoch 3/30`` (early stopping may end sooner).
+    """
+    import tf_keras as keras
+
+    started: list[float] = []
+
+    def begin(epoch: int, logs: dict | None = None) -> None:
+        started[:] = [time.perf_counter()]
+
+    def end(epoch: int, logs: dict | None = None) -> None:
+        values = " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())
+        seconds = time.perf_counter() - started[0] if started else 0.0
+        log.info("%s: epoch %d/%d %s (%.1f s)", label, epoch + 1, epochs, values, seconds)
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
