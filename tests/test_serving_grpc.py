@@ -10,6 +10,8 @@ import concurrent.futures
 import json
 import re
 import signal
+import socket
+import ssl
 import struct
 import time
 
@@ -268,6 +270,21 @@ def test_concurrent_grpc_calls_share_batches(server, channel):
     assert count_after - count_before < 32  # some calls were coalesced into one batch
 
 
+def slow_post(server, *, total: int, chunk: int = 16 * 1024, pause_s: float = 0.02) -> bytes:
+    """A client on a slow link: writes the whole body, piece by piece, then reads."""
+    context = ssl.create_default_context(cafile=str(server.verify))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {total}\r\n\r\n".encode()
+        )
+        for offset in range(0, total, chunk):
+            tls.sendall(b"x" * min(chunk, total - offset))
+            time.sleep(pause_s)
+        return tls.recv(65536)
+
+
 def test_over_limit_body_over_tls_gets_413(server):
     body = b'{"instances": ["' + b"x" * (4 * MAX_BODY) + b'"]}'
     with server.client(headers={"x-api-key": KEY}) as client:
@@ -276,6 +293,7 @@ def test_over_limit_body_over_tls_gets_413(server):
         chunks = iter([body[i : i + 8192] for i in range(0, len(body), 8192)])
         response = client.post("/v1/models/classifier:predict", content=chunks)
         assert response.status_code == 413
+    assert slow_post(server, total=16 * MAX_BODY).startswith(b"HTTP/1.1 413")
     with server.client(headers={"x-api-key": KEY}) as client:  # and the server still serves
         assert client.post("/predict", json={"text": TEXTS[0]}).status_code == 200
 

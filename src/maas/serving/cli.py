@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -209,6 +210,15 @@ def grpc_settings(args: argparse.Namespace):  # -> GrpcSettings | None
 
     if args.grpc_port == args.port:
         raise ValueError(f"--grpc-port {args.grpc_port} is also the HTTP --port")
+    try:  # a clear error now, not a failed start-up later
+        family, kind, _, _, address = socket.getaddrinfo(
+            args.host, args.grpc_port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+    except OSError as error:
+        raise ValueError(f"--grpc-port {args.grpc_port}: cannot listen: {error}") from error
     return GrpcSettings(
         port=args.grpc_port,
         host=args.host,

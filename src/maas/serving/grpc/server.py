@@ -87,9 +87,10 @@ async def start(state: ServerState, settings: GrpcSettings, checker: KeyChecker)
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(services, server)
-    port = _bind(server, settings)
-    if port == 0:
-        raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.port}")
+    try:
+        port = _bind(server, settings)
+    except RuntimeError as error:  # grpc says only "failed to bind"
+        raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.port}") from error
     await server.start()
     tracker = asyncio.create_task(_track_readiness(state, health_servicer, services[:3]))
     scheme = "TLS" if settings.tls_cert else "plaintext"
