@@ -191,8 +191,12 @@ def main() -> int:
             server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from maas.runtime import detect_kind
+
     report = {
         "artifact": str(args.artifact),
+        "runtime": detect_kind(args.artifact),
+        "load_average_1min": round(os.getloadavg()[0], 1),  # the other work on the machine
         "duration_s": args.duration,
         "rounds": args.rounds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy)",
@@ -202,11 +206,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "grpc.json", report)
     (args.out / "grpc.md").write_text(
-        "# gRPC against REST\n\nOne server, one model (`"
-        + args.artifact.name
-        + "`), the Open Inference Protocol over REST (JSON) and gRPC, one text per request, "
+        f"# gRPC against REST\n\nOne server, one model (`{args.artifact.name}`, "
+        f"{report['runtime']}), the Open Inference Protocol over REST (JSON) and gRPC, "
+        "one text per request, "
         f"{args.rounds} alternating runs of {args.duration:g} s per protocol and level, "
-        "load generator on the same shared machine.\n\n" + markdown_table(rows) + "\n"
+        "load generator on the same shared machine (1-minute load average at the end: "
+        f"{report['load_average_1min']}).\n\n" + markdown_table(rows) + "\n"
     )
     print(json.dumps(report, indent=2))
     return 0
