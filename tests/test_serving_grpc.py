@@ -130,6 +130,14 @@ def test_oip_grpc_matches_rest_in_contents_and_raw(server, channel):
         offset += 4 + length
     assert len(labels) == 2 and all(labels)
 
+    # KServe's way: texts in contents, raw outputs asked for with the binary_data parameter.
+    asked = infer_request(TEXTS)
+    asked.outputs.add(name="class_ids").parameters["binary_data"].bool_param = True
+    reply = stub.ModelInfer(asked, metadata=AUTH)
+    assert not reply.outputs[0].HasField("contents")
+    class_ids = np.frombuffer(reply.raw_output_contents[0], dtype="<i4")
+    assert class_ids.tolist() == expected.argmax(axis=1).tolist()
+
 
 def test_tfserving_predict_metadata_status_with_routing(server, channel):
     import tensorflow as tf
