@@ -13,6 +13,8 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import time
 
 import grpc
@@ -328,3 +330,17 @@ def test_shutdown_drains_calls_in_flight(lite, tmp_path):
         server.stop()
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/v2/health/live", timeout=2)
+
+
+def test_cli_refuses_a_grpc_port_it_cannot_use(tmp_path):
+    repository = tmp_path  # refused before any model loads
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for grpc_port, words in ((port, "cannot listen"), (8501, "also the HTTP --port")):
+            run = subprocess.run(
+                [sys.executable, "-m", "maas.cli", "serve", "--model-repository",
+                 str(repository), "--grpc-port", str(grpc_port)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert run.returncode == 2 and words in run.stderr, run.stderr[-2000:]
+            assert "Traceback" not in run.stderr
