@@ -15,7 +15,7 @@ ifdef V
 export MAAS_VERBOSE := $(V)
 endif
 
-.PHONY: help venv pipeline test lab report lint bench bench-serving lock clean-venv
+.PHONY: help venv pipeline test lab report lint bench bench-serving bench-grpc protos lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -53,6 +53,16 @@ bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
 
 bench-serving: $(STAMP)  ## the model server against the naive Flask server, under load
 	$(BIN)/python benchmarks/serving.py --clients 32 --duration 10
+
+bench-grpc: $(STAMP)  ## gRPC against REST on one model, 16 and 64 concurrent clients
+	$(BIN)/python benchmarks/grpc.py
+
+# grpcio-tools is needed only here (it is not a dependency): run in a throwaway venv with
+# `pip install grpcio-tools==1.85.1`, then `make protos PROTOC_PYTHON=that/venv/bin/python`.
+PROTOC_PYTHON ?= $(BIN)/python
+protos:  ## regenerate the Python stubs of src/maas/serving/grpc/*.proto
+	cd src && $(PROTOC_PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
+	  --grpc_python_out=. maas/serving/grpc/grpc_predict_v2.proto
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
 	{ echo '# Pinned, tested-together versions (Python 3.11, Linux x86_64). Regenerate with `make lock`.'; \

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("maas.serving.cli", "serve a model repository over HTTP (TF Serving v1, OIP v2)"),
+    "serve": ("maas.serving.cli", "serve a model repository: TF Serving, OIP v2 (HTTP, gRPC)"),
     "models": ("maas.registry.cli", "model versions: list, show, register, promote, rollback"),
     "train": ("maas.training.cli", "train the classifier: one device, mirrored, multi-worker, ps"),
 }

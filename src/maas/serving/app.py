@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,9 @@ from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
 from maas.serving.repository import END, LoadedVersion, ModelRepository
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
+
+if TYPE_CHECKING:
+    from maas.serving.grpc import GrpcSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class ServerConfig:
     load_in_background: bool = False
     api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests; empty: no keys needed
     limits: Limits = DEFAULT_LIMITS
+    grpc: GrpcSettings | None = None  # also serve gRPC, over the same models and batchers
 
     def __post_init__(self) -> None:
         if self.poll_interval_s < 0:
@@ -68,6 +73,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     if not Path(config.model_repository).is_dir():
         raise FileNotFoundError(f"model repository not found: {config.model_repository}")
     state = build_state(config)
+    checker = KeyChecker(config.api_key_hashes)  # one for REST and gRPC
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -75,12 +81,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
             "Protocol (v2) and the seed's `POST /predict`."
         ),
-        lifespan=make_lifespan(config, state),
+        lifespan=make_lifespan(config, state, checker),
         strict_content_type=False,
     )
     app.state.maas = state
     add_routes(app)
-    add_middleware(app, config, state.metrics)
+    add_middleware(app, config, state.metrics, checker)
     return app
 
 
@@ -111,9 +117,9 @@ def build_state(config: ServerConfig) -> ServerState:
     return ServerState(repository, config.limits, metrics, config.default_model)
 
 
-def make_lifespan(config: ServerConfig, state: ServerState):
+def make_lifespan(config: ServerConfig, state: ServerState, checker: KeyChecker):
     """Load the models (before the first request, or in the background), poll the
-    repository, and close every predictor at shutdown."""
+    repository, serve gRPC when asked, and close every predictor at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,9 +130,14 @@ def make_lifespan(config: ServerConfig, state: ServerState):
             poller = asyncio.create_task(
                 _poll_forever(state, config.poll_interval_s, first_now=config.load_in_background)
             )
+        grpc_server = None
         try:
+            if config.grpc is not None:
+                grpc_server = await _start_grpc(state, config.grpc, checker)
             yield
         finally:
+            if grpc_server is not None:  # drain its calls while the batchers still run
+                await grpc_server.stop(config.grpc.grace_s)
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -148,13 +159,21 @@ def add_routes(app: FastAPI) -> None:
     _add_error_handlers(app)
 
 
-def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
+def add_middleware(
+    app: FastAPI, config: ServerConfig, metrics: Metrics, checker: KeyChecker
+) -> None:
     """Body limit, JSON bodies, API keys, observability (in that order, innermost first)."""
     # add_middleware wraps the app: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
-    app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(config.api_key_hashes))
+    app.add_middleware(ApiKeyMiddleware, checker=checker)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+
+
+async def _start_grpc(state: ServerState, settings: GrpcSettings, checker: KeyChecker):
+    from maas.serving.grpc.server import start  # gRPC and its stubs load only when asked
+
+    return await start(state, settings, checker)
 
 
 async def _metrics_endpoint(request: Request) -> Response:

@@ -5,6 +5,7 @@ and is reloaded while the server runs.
 
 Examples:
   maas serve --model-repository models/repository --port 8501
+  maas serve --model-repository models/repository --port 8501 --grpc-port 8500
   maas serve --model-repository models/repository --api-key-file keys.txt \\
       --tls-cert server.pem --tls-key server.key
   echo -n "$KEY" | maas serve --hash-api-key >> keys.txt
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -39,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to listen on (default: %(default)s; 0.0.0.0 for all)",
     )
     parser.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help="also serve gRPC on this port (OIP v2, TF Serving PredictionService and "
+        "ModelService, health, reflection), same host, keys, TLS and limits",
+    )
     versions = parser.add_argument_group("versions")
     versions.add_argument(
         "--poll-interval",
@@ -185,11 +194,37 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000,
         api_key_hashes=tuple(hashes),
+        grpc=grpc_settings(args),
         limits=Limits(
             max_body_bytes=args.max_body_bytes,
             max_texts=args.max_texts,
             max_text_chars=args.max_text_chars,
         ),
+    )
+
+
+def grpc_settings(args: argparse.Namespace):  # -> GrpcSettings | None
+    if args.grpc_port is None:
+        return None
+    from maas.serving.grpc import GrpcSettings
+
+    if args.grpc_port == args.port:
+        raise ValueError(f"--grpc-port {args.grpc_port} is also the HTTP --port")
+    try:  # a clear error now, not a failed start-up later
+        family, kind, _, _, address = socket.getaddrinfo(
+            args.host, args.grpc_port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+    except OSError as error:
+        raise ValueError(f"--grpc-port {args.grpc_port}: cannot listen: {error}") from error
+    return GrpcSettings(
+        port=args.grpc_port,
+        host=args.host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        grace_s=args.graceful_timeout,
     )
 
 

@@ -1,13 +1,17 @@
 """Request limits: body size, texts per request, characters per text.
 
 The body limit is an ASGI middleware that answers 413 before the application reads
-anything: at once when ``Content-Length`` is over the limit, and as soon as a chunked body
-passes it. The text limits are checked by :func:`check_texts`, which every protocol calls
-on the texts it parsed, so all three protocols refuse the same things with the same words.
+anything: when ``Content-Length`` is over the limit, or as soon as a chunked body passes it.
+It first reads and discards the rest of the body, up to a bound (as nginx's lingering close
+does): a server that closes while the client is still sending resets the connection, and
+over TLS the client then sees a connection error instead of the 413. The text limits are
+checked by :func:`check_texts`, which every protocol calls on the texts it parsed, so all
+protocols refuse the same things with the same words.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +34,10 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits(max_body_bytes=4 * 1024 * 1024, max_texts=256, max_text_chars=100_000)
+# How much of an over-limit body is read and thrown away before the 413, and for how long
+# the client may pause between chunks: past either, the connection is simply closed.
+DISCARD_MAX_BYTES = 64 * 1024 * 1024
+DISCARD_IDLE_S = 5.0
 
 
 def check_texts(texts: Sequence[object], limits: Limits) -> list[str]:
@@ -72,6 +80,8 @@ class BodySizeLimitMiddleware:
                 await _send_error(send, 400, "Content-Length is not a number")
                 return
             if int(declared) > self.max_bytes:
+                if not _expects_continue(scope):  # else the client waits: nothing to discard
+                    await _discard_body(receive, 0)
                 await _send_error(send, 413, self._message(int(declared)))
                 return
             await self.app(scope, receive, send)
@@ -85,6 +95,8 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await _discard_body(receive, size)
                 await _send_error(send, 413, self._message(size, at_least=True))
                 return
             chunks.append(chunk)
@@ -95,6 +107,24 @@ class BodySizeLimitMiddleware:
     def _message(self, size: int, at_least: bool = False) -> str:
         more = "at least " if at_least else ""
         return f"request body of {more}{size} bytes; the limit is {self.max_bytes} bytes"
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return dict(scope["headers"]).get(b"expect", b"").lower() == b"100-continue"
+
+
+async def _discard_body(receive: Receive, received: int) -> None:
+    """Read the rest of a request body and drop it, within the bounds above."""
+    while received <= DISCARD_MAX_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), timeout=DISCARD_IDLE_S)
+        except TimeoutError:
+            return
+        if message["type"] == "http.disconnect":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -31,7 +31,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "maas_requests_total",
-            "HTTP requests by protocol, model, version and status code",
+            "Requests by protocol, model, version and status code (HTTP, or gRPC code name)",
             ["protocol", "model", "version", "code"],
             registry=self.registry,
         )
@@ -44,7 +44,7 @@ class Metrics:
         )
         self.errors = Counter(
             "maas_request_errors_total",
-            "Requests answered with a 4xx or 5xx status, by protocol and status code",
+            "Requests answered with an error (HTTP 4xx/5xx, gRPC not OK), by protocol and code",
             ["protocol", "code"],
             registry=self.registry,
         )
@@ -142,27 +142,55 @@ class ObservabilityMiddleware:
             self._record(scope, status, sent, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
-        protocol = protocol_of(scope["path"])
-        model = scope.get(SCOPE_MODEL, "")
-        version = scope.get(SCOPE_VERSION, "")
-        self.metrics.requests.labels(protocol, model, version, str(status)).inc()
-        self.metrics.latency.labels(protocol, model, version).observe(seconds)
-        if status >= 400:
-            self.metrics.errors.labels(protocol, str(status)).inc()
-        if access_log.isEnabledFor(logging.INFO):
-            client = scope.get("client") or ("", 0)
-            headers = dict(scope["headers"])
-            line = {
-                "event": "access",
+        headers = dict(scope["headers"])
+        client = scope.get("client") or ("", 0)
+        record_request(
+            self.metrics,
+            protocol=protocol_of(scope["path"]),
+            model=scope.get(SCOPE_MODEL, ""),
+            version=scope.get(SCOPE_VERSION, ""),
+            code=str(status),
+            failed=status >= 400,
+            seconds=seconds,
+            access={
                 "client": client[0],
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "duration_ms": round(seconds * 1000, 3),
                 "bytes_out": sent,
-                "protocol": protocol,
-                "model": model,
-                "version": version,
                 "request_id": headers.get(b"x-request-id", b"").decode("latin-1")[:128],
-            }
-            access_log.info(json.dumps(line))
+            },
+        )
+
+
+def record_request(
+    metrics: Metrics,
+    *,
+    protocol: str,
+    model: str,
+    version: str,
+    code: str,
+    failed: bool,
+    seconds: float,
+    access: dict,
+) -> None:
+    """Count and time one request of any protocol, and log its access line.
+
+    Args:
+        code: the HTTP status, or the gRPC status code's name.
+        access: the protocol's own fields of the access-log line (client, method, path, ...).
+    """
+    metrics.requests.labels(protocol, model, version, code).inc()
+    metrics.latency.labels(protocol, model, version).observe(seconds)
+    if failed:
+        metrics.errors.labels(protocol, code).inc()
+    if access_log.isEnabledFor(logging.INFO):
+        line = {
+            "event": "access",
+            **access,
+            "duration_ms": round(seconds * 1000, 3),
+            "protocol": protocol,
+            "model": model,
+            "version": version,
+        }
+        access_log.info(json.dumps(line))

@@ -69,15 +69,19 @@ def _text(value: TextValue) -> str:
         raise ServingError(400, f"b64 value is not base64-encoded UTF-8: {error}") from error
 
 
+def check_signature(name: str | None) -> None:
+    """The one signature, ``serving_default``, or none named (the default)."""
+    if name not in (None, "", SIGNATURE_NAME):
+        raise ServingError(
+            400, f"unknown signature {name[:64]!r}; the one signature is {SIGNATURE_NAME!r}"
+        )
+
+
 def request_texts(body: PredictRequest) -> list[str]:
     """The texts of a predict request, in order."""
     if (body.instances is None) == (body.inputs is None):
         raise ServingError(400, "send exactly one of 'instances' (rows) or 'inputs' (columns)")
-    if body.signature_name not in (None, "", SIGNATURE_NAME):
-        raise ServingError(
-            400,
-            f"unknown signature {body.signature_name!r}; the one signature is {SIGNATURE_NAME!r}",
-        )
+    check_signature(body.signature_name)
     if body.instances is not None:
         values = [
             item.texts if isinstance(item, NamedInstance) else item for item in body.instances

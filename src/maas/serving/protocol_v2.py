@@ -22,6 +22,7 @@ from maas.serving.limits import check_texts
 from maas.serving.repository import LoadedVersion, parse_version
 from maas.serving.schemas import ERROR_RESPONSES, FastJSONResponse
 from maas.serving.state import INPUT_NAME, OUTPUT_NAMES, PLATFORMS, classify, server_state
+from maas.serving.state import is_ready as state_is_ready
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
@@ -67,35 +68,49 @@ def _flatten(data: list[Any], depth: int) -> list[Any]:
 
 def request_texts(body: InferRequest) -> list[Any]:
     """The texts of an infer request, after checking name, datatype, shape and data."""
-    if len(body.inputs) != 1:
-        raise ServingError(
-            400, f"expected exactly one input, {INPUT_NAME!r}; got {len(body.inputs)}"
-        )
+    check_inputs([tensor.name for tensor in body.inputs])
     tensor = body.inputs[0]
-    if tensor.name != INPUT_NAME:
-        raise ServingError(400, f"unknown input {tensor.name[:64]!r}; the input is {INPUT_NAME!r}")
-    if tensor.datatype != "BYTES":
-        raise ServingError(
-            400, f"input {INPUT_NAME!r} has datatype BYTES, got {tensor.datatype[:32]!r}"
-        )
+    check_input_tensor(tensor.name, tensor.datatype, tensor.shape)
     if tensor.parameters and "binary_data_size" in tensor.parameters:
         raise ServingError(400, "binary tensor data is not supported: send the texts as JSON")
-    if not tensor.shape or len(tensor.shape) > 2:
-        raise ServingError(400, f"input {INPUT_NAME!r} must have shape [n] or [n, 1]")
     texts = _flatten(tensor.data, len(tensor.shape))
-    if len(texts) != math.prod(tensor.shape):
-        raise ServingError(
-            400,
-            f"input {INPUT_NAME!r}: shape {tensor.shape} needs "
-            f"{math.prod(tensor.shape)} elements, data has {len(texts)}",
-        )
+    check_element_count(tensor.shape, len(texts))
     return texts
 
 
+def check_inputs(names: list[str]) -> None:
+    """Exactly one input (any protocol binding): ``texts``."""
+    if len(names) != 1:
+        raise ServingError(400, f"expected exactly one input, {INPUT_NAME!r}; got {len(names)}")
+
+
+def check_input_tensor(name: str, datatype: str, shape: list[int]) -> None:
+    """The input's name, datatype and shape, as every binding of the protocol checks them."""
+    if name != INPUT_NAME:
+        raise ServingError(400, f"unknown input {name[:64]!r}; the input is {INPUT_NAME!r}")
+    if datatype != "BYTES":
+        raise ServingError(400, f"input {INPUT_NAME!r} has datatype BYTES, got {datatype[:32]!r}")
+    if not shape or len(shape) > 2 or any(dim < 0 for dim in shape):
+        raise ServingError(400, f"input {INPUT_NAME!r} must have shape [n] or [n, 1]")
+
+
+def check_element_count(shape: list[int], count: int) -> None:
+    if count != math.prod(shape):
+        raise ServingError(
+            400,
+            f"input {INPUT_NAME!r}: shape {list(shape)} needs "
+            f"{math.prod(shape)} elements, data has {count}",
+        )
+
+
 def requested_outputs(body: InferRequest) -> list[str]:
-    if not body.outputs:
+    return check_outputs([output.name for output in body.outputs or []])
+
+
+def check_outputs(names: list[str]) -> list[str]:
+    """The outputs to return (all when none are named); 400 for an unknown name."""
+    if not names:
         return list(OUTPUT_TYPES)
-    names = [output.name for output in body.outputs]
     for name in names:
         if name not in OUTPUT_TYPES:
             raise ServingError(
@@ -132,10 +147,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Readiness: every model has a version available")
 async def ready(request: Request) -> FastJSONResponse:
-    repository = server_state(request).repository
-    names = repository.model_names()
-    waiting = [name for name in names if not repository.served(name)]
-    is_ready = bool(names) and not waiting and repository.polls > 0
+    is_ready = state_is_ready(server_state(request).repository)
     return FastJSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 

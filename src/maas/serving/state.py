@@ -1,6 +1,7 @@
 """What every request handler shares: the repository, the limits, the metrics, the model call.
 
-:func:`classify` is the one path from texts to predictions for all three protocols: it
+:func:`predict_texts` is the one path from texts to predictions for every protocol (REST
+through :func:`classify`, gRPC directly): it
 notes which version serves the request (metrics, access log), runs the texts through that
 version's predictor (a batcher or a direct call) and returns the probabilities with the
 argmax class of each text.
@@ -8,6 +9,7 @@ argmax class of each text.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +56,23 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.maas
 
 
+def is_ready(repository: ModelRepository) -> bool:
+    """Readiness, for every protocol: polled once, and every model has a version serving."""
+    names = repository.model_names()
+    waiting = [name for name in names if not repository.served(name)]
+    return bool(names) and not waiting and repository.polls > 0
+
+
 async def classify(request: Request, loaded: LoadedVersion, texts: list[str]) -> Predictions:
     """Run ``texts`` through a loaded version (batched with concurrent requests, if enabled)."""
-    note_model(request.scope, loaded.model, loaded.version)
+    return await predict_texts(request.scope, loaded, texts)
+
+
+async def predict_texts(
+    notes: MutableMapping, loaded: LoadedVersion, texts: list[str]
+) -> Predictions:
+    """:func:`classify` for any protocol: ``notes`` receives the model and version served."""
+    note_model(notes, loaded.model, loaded.version)
     try:
         probabilities = await loaded.predictor.predict(texts)
     except VersionUnloaded as error:  # unloaded between lookup and call: rare; retryable
