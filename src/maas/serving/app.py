@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.errors import ServingError
 from maas.serving.limits import DEFAULT_LIMITS, BodySizeLimitMiddleware, Limits
 from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
-from maas.serving.repository import END, LoadedVersion, ModelRepository
+from maas.serving.repository import END, LoadedVersion, ModelRepository, ServedModels
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
 
@@ -63,11 +63,25 @@ class ServerConfig:
             raise ValueError(f"batch_timeout_s must be >= 0, got {self.batch_timeout_s}")
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """The server application for ``config`` (models load when its lifespan starts)."""
+def create_app(
+    config: ServerConfig,
+    *,
+    data_plane: ServedModels | None = None,
+    lifespan: Callable[[ServerState], contextlib.AbstractAsyncContextManager] | None = None,
+) -> FastAPI:
+    """The server application for ``config`` (models load when its lifespan starts).
+
+    By default the models load in this process. Another engine (:mod:`maas.serving.ray`)
+    passes the ``data_plane`` it fills and the ``lifespan`` that keeps it filled.
+    """
+    metrics = Metrics()
+    if data_plane is not None:
+        if lifespan is None:
+            raise ValueError("a data_plane needs the lifespan that fills it")
+        state = ServerState(data_plane, config.limits, metrics, config.default_model)
+        return _build_app(config, state, lambda app: lifespan(state))
     if not Path(config.model_repository).is_dir():
         raise FileNotFoundError(f"model repository not found: {config.model_repository}")
-    metrics = Metrics()
 
     def make_predictor(loaded: LoadedVersion) -> DirectPredictor | DynamicBatcher:
         def observe(size: int, seconds: float) -> None:
@@ -108,9 +122,14 @@ def create_app(config: ServerConfig) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             for name in repository.model_names():
-                for loaded in repository.served(name).values():
+                for loaded in [*repository.served(name).values(), *repository.warm(name).values()]:
                     await loaded.predictor.close()
 
+    return _build_app(config, state, lifespan)
+
+
+def _build_app(config: ServerConfig, state: ServerState, lifespan: Callable) -> FastAPI:
+    """Routers, error handlers and middleware around ``state``."""
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -131,7 +150,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(config.api_key_hashes))
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)
     return app
 
 
@@ -144,7 +163,7 @@ async def _poll_once(state: ServerState) -> None:
     dropped = await asyncio.to_thread(state.repository.poll)
     for loaded in dropped:
         await loaded.predictor.close()  # finishes the requests it holds
-    _update_model_gauges(state)
+    update_model_gauges(state)
 
 
 async def _poll_forever(state: ServerState, interval: float, *, first_now: bool) -> None:
@@ -161,7 +180,7 @@ async def _poll_forever(state: ServerState, interval: float, *, first_now: bool)
         await asyncio.sleep(interval)
 
 
-def _update_model_gauges(state: ServerState) -> None:
+def update_model_gauges(state: ServerState) -> None:
     repository = state.repository
     counts = {}
     for name in repository.model_names():
