@@ -178,8 +178,17 @@ def read_config(model_dir: Path) -> bytes | None:
 
 
 def write_config(model_dir: Path, *, number: int, stage: str) -> Path:
-    """Serve exactly version ``number``, labelled with the stage (atomic replace)."""
+    """Serve exactly version ``number``, labelled with the stage (atomic replace).
+
+    Other keys of an existing config (``keep_previous``, ``scaling``) are kept.
+    """
+    kept = {}
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        existing = yaml.safe_load((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if isinstance(existing, dict):
+            kept = {k: v for k, v in existing.items() if k in ("keep_previous", "scaling")}
     config = {"version_policy": "specific", "versions": [number], "labels": {stage: number}}
+    config.update(kept)
     return write_bytes(model_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False).encode())
 
 

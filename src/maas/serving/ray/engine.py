@@ -32,11 +32,10 @@ from maas.serving.layout import ModelConfig, Scaling
 from maas.serving.ray.deployments import Ensemble, ModelVersion
 from maas.serving.ray.ingress import (
     NAMESPACE,
-    ROUTING_ACTOR,
     Ingress,
     ModelSnapshot,
-    RoutingTable,
     ServedVersion,
+    routing_table,
 )
 from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
 
@@ -92,6 +91,10 @@ def connect(options: RayOptions) -> bool:
         check_reachable(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return False
+    from maas.serving.ray.cluster import SLOW_MACHINE_ENV
+
+    for name, value in SLOW_MACHINE_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(
         num_cpus=options.num_cpus,
         object_store_memory=options.object_store_bytes,
@@ -123,6 +126,19 @@ def check_resources(options: RayOptions) -> None:
             f"each model replica needs {options.replica_cpus:g} CPUs but the largest node of "
             f"the cluster has {largest:g}: lower --replica-cpus or add nodes"
         )
+
+
+def ingress_deployment(options: RayOptions):
+    """The ingress as a Serve deployment (no CPU reserved: it only awaits the models)."""
+    from ray import serve
+
+    return serve.deployment(
+        serve.ingress()(Ingress),
+        name="Ingress",
+        num_replicas=options.ingress_replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1024,
+    )
 
 
 class ControllerRuntime:
@@ -157,37 +173,31 @@ class RayController:
         self.table: Any = None
         self._published: Any = None
         self._ensembles: dict[str, ModelSnapshot] = {}
+        self.started = False  # whether this controller deployed the ingress
 
     # ---- start and stop ---------------------------------------------------------------
 
     def start(self, host: str, port: int, ssl_files: tuple[str, str] | None = None) -> None:
-        import ray
         from ray import serve
 
-        self.table = (
-            ray.remote(RoutingTable)
-            .options(name=ROUTING_ACTOR, namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
-            .remote()
-        )
+        self.table = routing_table()
         http = {"host": host, "port": port}
         if ssl_files:
             http.update(ssl_certfile=ssl_files[0], ssl_keyfile=ssl_files[1])
         serve.start(http_options=http, proxy_location="HeadOnly")
-        ingress = serve.deployment(
-            serve.ingress()(Ingress),
-            name="Ingress",
-            num_replicas=self.options.ingress_replicas,
-            ray_actor_options={"num_cpus": 0},
-            max_ongoing_requests=1024,  # the ingress only awaits the models: no CPU limit
+        self.started = True
+        serve.run(
+            ingress_deployment(self.options).bind(self.config), name=INGRESS_APP, route_prefix="/"
         )
-        serve.run(ingress.bind(self.config), name=INGRESS_APP, route_prefix="/")
         log.info("Ray Serve ingress on %s:%d", host, port)
 
     def shutdown(self) -> None:
         """Delete the applications this controller deployed (the cluster keeps running)."""
         from ray import serve
 
-        apps = {*self.applied, *(app for _, app in self.pending_deletes), INGRESS_APP}
+        apps = {*self.applied, *(app for _, app in self.pending_deletes)}
+        if self.started:
+            apps.add(INGRESS_APP)
         for app in sorted(apps):
             try:
                 serve.delete(app, _blocking=False)
@@ -204,6 +214,10 @@ class RayController:
         self._rescale()
         self.publish()
         self._delete_due()
+
+    def attach(self) -> None:
+        """Use the routing table without deploying the ingress (it is deployed elsewhere)."""
+        self.table = routing_table()
 
     def publish(self) -> None:
         models, polls = self.repository.snapshot()

@@ -164,14 +164,24 @@ class RayDataPlane(ServedModels):
         )
 
 
+def routing_table() -> Any:
+    """The routing table actor, created by whichever of controller and ingress comes first."""
+    import ray
+
+    return (
+        ray.remote(RoutingTable)
+        .options(name=ROUTING_ACTOR, namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
+        .remote()
+    )
+
+
 @contextlib.asynccontextmanager
 async def follow_routing(state: ServerState) -> AsyncIterator[None]:
     """The ingress lifespan: keep the data plane in line with the routing table."""
-    import ray
 
     plane: RayDataPlane = state.repository  # type: ignore[assignment]
     plane.metrics = state.metrics
-    table = ray.get_actor(ROUTING_ACTOR, namespace=NAMESPACE)
+    table = routing_table()
     task = asyncio.create_task(_refresh_forever(table, plane, state))
     try:
         yield
@@ -203,8 +213,9 @@ def build_app(config: ServerConfig):  # -> FastAPI
 class Ingress:
     """The ingress deployment's class (:func:`ray.serve.ingress` defers the app to here)."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, controller: Any = None) -> None:
         self.config = config
+        self.controller = controller  # the service's controller deployment, if any
         # A replica's root logger has no handler: give the access log (maas.access) one.
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,157 @@
+"""A local multi-node Ray cluster: a head and more nodes, each its own ``ray start`` process.
+
+For tests, benchmarks and trying the Ray engine on one machine. Every node is started with
+``--block``, so stopping it stops exactly the processes it started (never ``ray stop``, which
+would stop every Ray on the machine). On a shared machine run it inside a private network
+namespace (only 127.0.0.1), or Ray binds to the machine's network address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# On a loaded 2-core machine a node's agents take longer to start than Ray waits by default.
+SLOW_MACHINE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_agent_register_timeout_ms": "300000",
+    "RAY_raylet_start_wait_time_s": "300",
+}
+
+
+class LocalCluster:
+    """``ray start`` processes on 127.0.0.1; :meth:`stop` ends them and their children.
+
+    Args:
+        work: folder for the nodes' logs.
+        port: the head's GCS port.
+        object_store_mb: each node's object store.
+    """
+
+    def __init__(self, work: Path, *, port: int = 6379, object_store_mb: int = 100) -> None:
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.object_store_mb = object_store_mb
+        # Short: Ray's socket paths must fit in 107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
+        self.nodes: list[subprocess.Popen] = []
+        self._logs: list = []
+
+    def _ray(self) -> str:
+        return str(Path(sys.executable).with_name("ray"))
+
+    def add_node(
+        self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 3
+    ) -> int:
+        """Start a node (the head first); return its index once the cluster sees it.
+
+        A raylet whose agents start too slowly (a loaded machine) exits at once: it is
+        started again, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            index = self._start_node(num_cpus, head=head)
+            try:
+                self.wait_nodes(index + 1, timeout)
+                return index
+            except RuntimeError as error:
+                if attempt == attempts:
+                    raise
+                log.warning("%s; starting it again (%d/%d)", error, attempt + 1, attempts)
+                self.nodes.pop()
+                if head:
+                    shutil.rmtree(self.temp_dir, ignore_errors=True)
+                    self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
+        raise AssertionError("unreachable")
+
+    def _start_node(self, num_cpus: int, *, head: bool) -> int:
+        command = [self._ray(), "start", "--block", "--node-ip-address", "127.0.0.1"]
+        command += ["--num-cpus", str(num_cpus), "--temp-dir", self.temp_dir]
+        command += ["--object-store-memory", str(self.object_store_mb * 1024**2)]
+        command += ["--disable-usage-stats"]
+        # Fixed agent ports (a node's own, apart from the others'): fewer things to wait for.
+        base = self.port + 1000 + 10 * len(self.nodes)
+        command += ["--dashboard-agent-grpc-port", str(base)]
+        command += ["--metrics-export-port", str(base + 1)]
+        command += ["--dashboard-agent-listen-port", str(base + 2)]
+        command += ["--runtime-env-agent-port", str(base + 3)]
+        if head:
+            command += ["--head", "--port", str(self.port), "--include-dashboard=false"]
+        else:
+            command += ["--address", self.address]
+        index = len(self.nodes)
+        log_file = (self.work / f"node{index}.log").open("a")
+        env = {**os.environ, **SLOW_MACHINE_ENV}
+        self.nodes.append(
+            subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        )
+        self._logs.append(log_file)
+        return index
+
+    def alive_nodes(self) -> int:
+        """Nodes the cluster counts as alive (asked with ``ray status``-free GCS lookup)."""
+        script = (
+            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR');"
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
+
+    def wait_nodes(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, node in enumerate(self.nodes):
+                if node.poll() is not None:
+                    raise RuntimeError(f"ray node {index} exited; see {self.work}/node{index}.log")
+            with contextlib.suppress(Exception):
+                if self.alive_nodes() >= count:
+                    return
+            time.sleep(1.0)
+        raise TimeoutError(f"{count} Ray nodes not up within {timeout:g} s; see {self.work}")
+
+    def node_pids(self, index: int) -> list[int]:
+        """The processes of one node: its ``ray start`` and everything it started."""
+        import psutil
+
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(self.nodes[index].pid)
+            return [process.pid, *(child.pid for child in process.children(recursive=True))]
+        return []
+
+    def kill_node(self, index: int) -> None:
+        """Kill a node at once (SIGKILL to all its processes), as a crashed machine would."""
+        for pid in reversed(self.node_pids(index)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.nodes[index].wait(30)
+
+    def stop(self) -> None:
+        """Stop every node (the head last) and whatever they left behind."""
+        pids = {index: self.node_pids(index) for index in range(len(self.nodes))}
+        for index in reversed(range(len(self.nodes))):
+            node = self.nodes[index]
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                try:
+                    node.wait(60)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+            for pid in pids[index]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for log_file in self._logs:
+            log_file.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
