@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_agent_register_timeout_ms": "300000",
-    "RAY_raylet_start_wait_time_s": "300",
 }
 
 
@@ -53,7 +52,7 @@ class LocalCluster:
         return str(Path(sys.executable).with_name("ray"))
 
     def add_node(
-        self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 3
+        self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 4
     ) -> int:
         """Start a node (the head first); return its index once the cluster sees it.
 
