@@ -8,6 +8,7 @@ namespace (only 127.0.0.1), or Ray binds to the machine's network address.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 # On a loaded 2-core machine a node's agents take longer to start than Ray waits by default.
 STARTUP_NICE = -10
+STARTED = "Ray runtime started."  # what `ray start` prints once its node has registered
 SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # loopback only: no token to hand to every client
     "RAY_agent_register_timeout_ms": "300000",
 }
 
@@ -48,9 +51,6 @@ class LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
         self._logs: list = []
-
-    def _ray(self) -> str:
-        return str(Path(sys.executable).with_name("ray"))
 
     def add_node(
         self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 4
@@ -77,24 +77,12 @@ class LocalCluster:
         raise AssertionError("unreachable")
 
     def _start_node(self, num_cpus: int, *, head: bool) -> int:
-        # The raylet gives its agents ~15 s to start (not configurable) and aborts otherwise;
-        # on a busy machine their imports take longer. A higher priority while the node starts
-        # (root only; set back to normal once it is up) lets them make it.
         boost = ["nice", "-n", str(STARTUP_NICE)] if os.geteuid() == 0 else []
-        command = [*boost, self._ray(), "start", "--block", "--node-ip-address", "127.0.0.1"]
+        command = [*boost, sys.executable, "-m", "maas.serving.ray.cluster"]
         command += ["--num-cpus", str(num_cpus), "--temp-dir", self.temp_dir]
-        command += ["--object-store-memory", str(self.object_store_mb * 1024**2)]
-        command += ["--disable-usage-stats"]
-        # Fixed agent ports (a node's own, apart from the others'): fewer things to wait for.
-        base = self.port + 1000 + 10 * len(self.nodes)
-        command += ["--dashboard-agent-grpc-port", str(base)]
-        command += ["--metrics-export-port", str(base + 1)]
-        command += ["--dashboard-agent-listen-port", str(base + 2)]
-        command += ["--runtime-env-agent-port", str(base + 3)]
-        if head:
-            command += ["--head", "--port", str(self.port), "--include-dashboard=false"]
-        else:
-            command += ["--address", self.address]
+        command += ["--object-store-mb", str(self.object_store_mb)]
+        command += ["--agent-ports", str(self.port + 1000 + 10 * len(self.nodes))]
+        command += ["--head", "--port", str(self.port)] if head else ["--address", self.address]
         index = len(self.nodes)
         log_file = (self.work / f"node{index}.log").open("a")
         env = {**os.environ, **SLOW_MACHINE_ENV}
@@ -104,26 +92,16 @@ class LocalCluster:
         self._logs.append(log_file)
         return index
 
-    def alive_nodes(self) -> int:
-        """Nodes the cluster counts as alive (asked with ``ray status``-free GCS lookup)."""
-        script = (
-            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR');"
-            "print(sum(n['Alive'] for n in ray.nodes()))"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-        )
-        return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
-
     def wait_nodes(self, count: int, timeout: float) -> None:
+        """Wait until ``ray start`` of each node says it runs (in its log: no extra process)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for index, node in enumerate(self.nodes):
                 if node.poll() is not None:
                     raise RuntimeError(f"ray node {index} exited; see {self.work}/node{index}.log")
-            with contextlib.suppress(Exception):
-                if self.alive_nodes() >= count:
-                    return
+            logs = [(self.work / f"node{i}.log").read_text(errors="replace") for i in range(count)]
+            if all(text.count(STARTED) > text.count("timed out during startup") for text in logs):
+                return
             time.sleep(1.0)
         raise TimeoutError(f"{count} Ray nodes not up within {timeout:g} s; see {self.work}")
 
@@ -167,3 +145,48 @@ class LocalCluster:
         for log_file in self._logs:
             log_file.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """One node, in this process, until SIGTERM: what ``ray start --block`` does, minus the
+    Ray Client server and the autoscaler monitor (fewer processes competing as it starts)."""
+    import ray._private.node
+    import ray._private.parameter
+
+    params = ray._private.parameter.RayParams(
+        node_ip_address="127.0.0.1",
+        num_cpus=args.num_cpus,
+        object_store_memory=args.object_store_mb * 1024**2,
+        temp_dir=args.temp_dir,
+        include_dashboard=False,
+        no_monitor=True,
+        metrics_agent_port=args.agent_ports,
+        metrics_export_port=args.agent_ports + 1,
+        dashboard_agent_listen_port=args.agent_ports + 2,
+        runtime_env_agent_port=args.agent_ports + 3,
+    )
+    if args.head:
+        params.gcs_server_port = args.port
+    else:
+        params.gcs_address = args.address
+    node = ray._private.node.Node(params, head=args.head, shutdown_at_exit=True, spawn_reaper=True)
+    print(STARTED, node.address if args.head else args.address, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # atexit stops the node's processes
+    while True:
+        time.sleep(3600)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="one node of a LocalCluster")
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--address")
+    parser.add_argument("--num-cpus", type=int, required=True)
+    parser.add_argument("--object-store-mb", type=int, default=100)
+    parser.add_argument("--temp-dir", required=True)
+    parser.add_argument("--agent-ports", type=int, required=True)
+    return run_node(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
