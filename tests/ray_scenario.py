@@ -276,8 +276,12 @@ def main() -> int:
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
-        wait_for(lambda: httpx.get(f"{URL}/v2/health/ready").status_code == 200, timeout=300)
-        wait_for(lambda: answering("both") == "1", timeout=120)
+        try:
+            wait_for(lambda: httpx.get(f"{URL}/v2/health/ready").status_code == 200, timeout=300)
+            wait_for(lambda: answering("both") == "1", timeout=120)
+        except TimeoutError as error:
+            results["startup_error"] = f"{error}; server exit code {server.poll()}"
+            return 1
         results["startup_seconds"] = time.monotonic() - start
         observer = Observer(cluster.address)
         for name, phase in [

@@ -66,7 +66,9 @@ def scenario(lite, tmp_path_factory):
 
 def phase(results: dict, name: str) -> dict:
     record = results.get(name)
-    assert record is not None, f"phase {name} did not run: {results.get('phases')}"
+    assert record is not None, (
+        f"phase {name} did not run: {results.get('phases')} {results.get('startup_error', '')}"
+    )
     assert "error" not in record, f"phase {name}: {record['error']}"
     return record
 

@@ -1,9 +1,11 @@
-"""A local multi-node Ray cluster: a head and more nodes, each its own ``ray start`` process.
+"""A local multi-node Ray cluster: a head and more nodes, each a process of its own.
 
-For tests, benchmarks and trying the Ray engine on one machine. Every node is started with
-``--block``, so stopping it stops exactly the processes it started (never ``ray stop``, which
-would stop every Ray on the machine). On a shared machine run it inside a private network
-namespace (only 127.0.0.1), or Ray binds to the machine's network address.
+For tests, benchmarks and trying the Ray engine on one machine. Each node is
+``python -m maas.serving.ray.cluster`` (what ``ray start --block`` does, without the Ray
+Client server and the autoscaler monitor, whose start-up on a busy 2-core machine made the
+raylet give up on its agents), so stopping it stops exactly the processes it started (never
+``ray stop``, which would stop every Ray on the machine). On a shared machine run it inside
+a private network namespace (only 127.0.0.1), or Ray binds to the machine's address.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # On a loaded 2-core machine a node's agents take longer to start than Ray waits by default.
 STARTUP_NICE = -10
-STARTED = "Ray runtime started."  # what `ray start` prints once its node has registered
+STARTED = "Ray runtime started."  # what a node prints once it has registered
 SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # loopback only: no token to hand to every client
@@ -33,7 +35,7 @@ SLOW_MACHINE_ENV = {
 
 
 class LocalCluster:
-    """``ray start`` processes on 127.0.0.1; :meth:`stop` ends them and their children.
+    """Node processes on 127.0.0.1; :meth:`stop` ends them and their children.
 
     Args:
         work: folder for the nodes' logs.
@@ -93,7 +95,7 @@ class LocalCluster:
         return index
 
     def wait_nodes(self, count: int, timeout: float) -> None:
-        """Wait until ``ray start`` of each node says it runs (in its log: no extra process)."""
+        """Wait until each node says it runs (in its log: no extra process)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for index, node in enumerate(self.nodes):
@@ -106,7 +108,7 @@ class LocalCluster:
         raise TimeoutError(f"{count} Ray nodes not up within {timeout:g} s; see {self.work}")
 
     def node_pids(self, index: int) -> list[int]:
-        """The processes of one node: its ``ray start`` and everything it started."""
+        """The processes of one node: its launcher and everything it started."""
         import psutil
 
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -77,15 +77,15 @@ class Ensemble:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
-        infos = [member.info.remote().result() for member in members]
-        labels = {tuple(info["labels"]) for info in infos}
-        if len(labels) != 1:
-            raise ValueError("ensemble members must have the same classes in the same order")
-        self.labels = infos[0]["labels"]
 
     async def predict(self, texts: list[str]) -> np.ndarray:
         results = await asyncio.gather(*(member.predict.remote(texts) for member in self.members))
         return np.mean(np.stack([np.asarray(r, dtype=np.float32) for r in results]), axis=0)
 
-    def info(self) -> dict[str, Any]:
-        return replica_info(self.labels, "ensemble")
+    async def info(self) -> dict[str, Any]:
+        """The members' classes (the same for all, or an error) and where this replica runs."""
+        infos = await asyncio.gather(*(member.info.remote() for member in self.members))
+        labels = {tuple(info["labels"]) for info in infos}
+        if len(labels) != 1:
+            raise ValueError("ensemble members must have the same classes in the same order")
+        return replica_info(infos[0]["labels"], "ensemble")
