@@ -180,6 +180,49 @@ def timeline(port: int, requests, replicas: Replicas, steps: list[tuple[int, flo
     return samples
 
 
+def answering(port: int) -> str:
+    import httpx
+
+    body = {"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    response = httpx.post(f"http://127.0.0.1:{port}/v2/models/classifier/infer", json=body)
+    return response.json().get("model_version", "") if response.status_code == 200 else ""
+
+
+def keep_warm_rollback(port: int, repo: Path, artifact: Path, extra_config: str = "") -> dict:
+    """Publish version 2 (1 stays warm), then roll back to 1 under load: seconds, failures."""
+    (repo / "classifier" / "config.yaml").write_text(f"keep_previous: 1\n{extra_config}")
+    shutil.copytree(artifact, repo / "classifier" / ".v2")
+    (repo / "classifier" / ".v2").rename(repo / "classifier" / "2")
+    deadline = time.monotonic() + 300
+    while answering(port) != "2":
+        if time.monotonic() > deadline:
+            raise TimeoutError("version 2 never answered")
+        time.sleep(0.2)
+    time.sleep(4)  # the old version leaves the routing, stays loaded
+    result: dict = {}
+    done = threading.Event()
+
+    def background() -> None:
+        result["load"] = asyncio.run(load(port, requests_for(["x"]), 4, 12))
+        done.set()
+
+    threading.Thread(target=background, daemon=True).start()
+    time.sleep(3)
+    text = f"version_policy: specific\nversions: [1]\nkeep_previous: 1\n{extra_config}"
+    path = repo / "classifier" / "config.yaml"
+    path.with_suffix(".tmp").write_text(text)
+    start = time.perf_counter()
+    path.with_suffix(".tmp").replace(path)
+    while answering(port) != "1":
+        time.sleep(0.01)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    done.wait(60)
+    result["errors"] = result["load"]["errors"]
+    print(f"keep-warm rollback: {result}", flush=True)
+    return {"seconds": result["seconds"], "errors": result["errors"],
+            "requests": result["load"]["requests"]}  # fmt: skip
+
+
 def ray_rows(args, requests, work: Path) -> tuple[list[dict], dict]:
     repo = work / "ray-repo"
     shutil.copytree(args.artifact, repo / "classifier" / "1")
@@ -213,6 +256,8 @@ def ray_rows(args, requests, work: Path) -> tuple[list[dict], dict]:
         wait_replicas(replicas, 1)
         steps = [(4, 8), (32, args.ramp_seconds), (0, 20)]
         extra["timeline"] = timeline(port, requests, replicas, steps)
+        scaling = (repo / "classifier" / "config.yaml").read_text()
+        extra["rollback_ray"] = keep_warm_rollback(port, repo, args.artifact, scaling)
     finally:
         if server is not None:
             server.stop()
@@ -225,16 +270,17 @@ def local_rows(args, requests, work: Path) -> list[dict]:
     shutil.copytree(args.artifact, repo / "classifier" / "1")
     port = free_port()
     command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(repo)]
-    command += ["--port", str(port), "--poll-interval", "0"]
+    command += ["--port", str(port), "--poll-interval", "0.5"]
     server = Server(command, port, "/v2/health/ready", work / "local-server.log")
     try:
         rows = [
             measure("maas serve", port, [server.process.pid], requests, clients, args)
             for clients in [*args.clients, 1]
         ]
+        rollback = keep_warm_rollback(port, repo, args.artifact)
     finally:
         server.stop()
-    return rows
+    return rows, rollback
 
 
 def projection(rows: list[dict]) -> list[dict]:
@@ -326,6 +372,9 @@ def report(rows: list[dict], extra: dict, args) -> str:
         f"- A new replica answers {extra.get('new_replica_s')} s after it is asked for "
         f"(min_replicas 1 -> 2); the 2 replicas on {extra.get('replica_nodes')} nodes",
         f"- Ray server start-up (cluster up) to ready: {extra.get('ray_startup_s')} s",
+        f"- Keep-warm rollback (config.yaml written -> first answer from the old version, "
+        f"4 clients meanwhile, servers polling every 0.5 s): single process "
+        f"{extra.get('rollback_local')}, Ray {extra.get('rollback_ray')}",
         "",
         "## Projection to N nodes (on paper)",
         "",
@@ -356,8 +405,9 @@ def main() -> int:
     requests = requests_for(sample_texts())
     with tempfile.TemporaryDirectory(prefix="maas-scale-") as tmp:
         work = Path(tmp)
-        rows = local_rows(args, requests, work)
+        rows, rollback = local_rows(args, requests, work)
         ray, extra = ray_rows(args, requests, work)
+        extra["rollback_local"] = rollback
     rows += ray
     extra["projection"] = projection(rows)
     record = {

@@ -149,6 +149,38 @@ class LocalCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def prewrite_agent_ports(node_class: type, first_port: int, *, stagger: bool) -> None:
+    """Write the agents' (fixed) ports for the raylet before it starts waiting for them.
+
+    The raylet waits a fixed ~15 s for its dashboard and runtime-env agents to write their
+    ports to files and aborts otherwise; on a busy 2-core machine their start-up takes
+    longer. The ports are fixed here, so the files can be written first (the agents write
+    the same numbers when they are up; until then the raylet retries its connections). On
+    the head, the raylet also starts only once the API server is up (``stagger``): both are
+    Python processes with heavy imports.
+    """
+    from ray import _raylet
+
+    start_ray_processes = node_class.start_ray_processes
+    names = (
+        _raylet.METRICS_AGENT_PORT_NAME,
+        _raylet.METRICS_EXPORT_PORT_NAME,
+        _raylet.DASHBOARD_AGENT_LISTEN_PORT_NAME,
+        _raylet.RUNTIME_ENV_AGENT_PORT_NAME,
+    )
+
+    def start(self) -> None:
+        log = Path(self._logs_dir) / "dashboard.log"
+        deadline = time.monotonic() + (60 if stagger else 0)
+        while time.monotonic() < deadline and not (log.exists() and log.stat().st_size):
+            time.sleep(0.5)
+        for offset, name in enumerate(names):
+            _raylet.persist_port(self._session_dir, self._node_id, name, first_port + offset)
+        start_ray_processes(self)
+
+    node_class.start_ray_processes = start
+
+
 def run_node(args: argparse.Namespace) -> int:
     """One node, in this process, until SIGTERM: what ``ray start --block`` does, minus the
     Ray Client server and the autoscaler monitor (fewer processes competing as it starts)."""
@@ -167,6 +199,7 @@ def run_node(args: argparse.Namespace) -> int:
         dashboard_agent_listen_port=args.agent_ports + 2,
         runtime_env_agent_port=args.agent_ports + 3,
     )
+    prewrite_agent_ports(ray._private.node.Node, args.agent_ports, stagger=args.head)
     if args.head:
         params.gcs_server_port = args.port
     else:
