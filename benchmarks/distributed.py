@@ -1,6 +1,6 @@
 """Benchmark the distribution strategies on this machine: throughput, scaling, start-up.
 
-For each strategy and size it runs the real entry point (`python -m maas.train_cli`, the
+For each strategy and size it runs the real entry point (`python -m maas.training.cli`, the
 code path of `maas train` and of the train stage) in a fresh process on one benchmark
 project, with the model of params.yaml (embedding 128, BiLSTM 64, 256 tokens) on a subset
 of the corpus, and reads the figures back from the exported model's provenance:
@@ -82,7 +82,7 @@ def make_project(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
     loaded = config.load_params(directory / "params.yaml")
-    data.prepare(loaded.data, config.project_paths(directory / "params.yaml"))
+    data.run(loaded.data, config.project_paths(directory / "params.yaml"))
     return directory
 
 
@@ -125,7 +125,13 @@ class CpuSampler(threading.Thread):
 
 def run_config(project: Path, name: str, logs: Path) -> dict:
     strategy, units, flags = CONFIGS[name]
-    argv = [sys.executable, "-m", "maas.train_cli", "--params-file", str(project / "params.yaml")]
+    argv = [
+        sys.executable,
+        "-m",
+        "maas.training.cli",
+        "--params-file",
+        str(project / "params.yaml"),
+    ]
     argv += ["--strategy", strategy, *flags]
     load_before = os.getloadavg()[0]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import small_params_dict  # noqa: E402
 from serving_support import running_server  # noqa: E402
 
-from maas import registry, rollout  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
+from maas.registry import operations, tags  # noqa: E402
 from maas.reporting import markdown_table  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SCENARIOS = ("in-repository", "from-cache", "from-remote")
-V1, V2 = rollout.serving_version("v1"), rollout.serving_version("v2")
+V1, V2 = operations.serving_version("v1"), operations.serving_version("v2")
 PROBE = {"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["probe"]}]}
 
 
@@ -68,7 +68,7 @@ def sh(args, cwd: Path) -> str:
 def build_project(workdir: Path) -> Path:
     """A copy of this checkout with v1 and v2 of the classifier registered (reused if there)."""
     project = workdir / "project"
-    if (project / ".git").is_dir() and len(registry.list_versions(project, "classifier")) >= 2:
+    if (project / ".git").is_dir() and len(tags.list_versions(project, "classifier")) >= 2:
         return project
     shutil.rmtree(workdir, ignore_errors=True)
     for name in filter(None, sh(["git", "ls-files", "-z"], ROOT).split("\0")):
@@ -89,7 +89,7 @@ def build_project(workdir: Path) -> Path:
         sh([BIN / "dvc", "repro", "train"], project)
         sh(["git", "add", "-A"], project)
         sh(["git", "commit", "-qm", f"train {version}"], project)
-        registry.register(project, "classifier", version=version)
+        tags.register(project, "classifier", version=version)
     return project
 
 
@@ -237,16 +237,16 @@ def main() -> int:
     stash = args.workdir / "cache-stash"
     prepare("in-repository", project, repository, stash)  # a rerun may start without cache
     shutil.rmtree(repository, ignore_errors=True)
-    serve = rollout.Deployment(repository, "classifier")
+    serve = operations.Deployment(repository, "classifier")
     for version in ("v1", "v2"):  # prod's history: v1, then v2
-        rollout.promote(project, "classifier", version, "prod", deployment=serve)
+        operations.promote(project, "classifier", version, "prod", deployment=serve)
     server_args = ["--model-repository", repository, "--poll-interval", str(args.poll_interval)]
     runs: dict[str, list[dict]] = {s: [] for s in SCENARIOS}
     with running_server([str(a) for a in server_args], args.workdir / "server.log") as server:
-        back = rollout.Deployment(repository, "classifier", server.url)
+        back = operations.Deployment(repository, "classifier", server.url)
         for scenario in SCENARIOS:
             for _ in range(args.repeats):
-                rollout.promote(project, "classifier", "v2", "prod", deployment=back)
+                operations.promote(project, "classifier", "v2", "prod", deployment=back)
                 prepare(scenario, project, repository, stash)
                 result = time_rollback(project, repository, server.url)
                 time.sleep(0.5)  # the log line of the swap is flushed

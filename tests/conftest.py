@@ -82,11 +82,12 @@ def corpus_available() -> None:
 @pytest.fixture(scope="session")
 def small_project(tmp_path_factory, corpus_available) -> Path:
     """A project that has run the data and train stages on the small parameter set."""
-    from maas import config, data, train
+    from maas import config, data
+    from maas.training import stage
 
     root = write_project(tmp_path_factory.mktemp("project"))
     params = config.load_params(root / "params.yaml")
     paths = config.project_paths(root / "params.yaml")
-    data.prepare(params.data, paths)
-    train.run(params.train, paths, progress=False)
+    data.run(params.data, paths)
+    stage.run(params.train, paths, progress=False)
     return root

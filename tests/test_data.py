@@ -17,7 +17,7 @@ def prepared(tmp_path_factory, corpus_available):
     root = write_project(tmp_path_factory.mktemp("data"))
     params = config.load_params(root / "params.yaml")
     paths = config.project_paths(root / "params.yaml")
-    return params.data, paths, data.prepare(params.data, paths)
+    return params.data, paths, data.run(params.data, paths)
 
 
 def test_splits_tokenizer_and_card_are_written(prepared):
@@ -65,7 +65,7 @@ def test_tokenizer_is_fitted_on_the_training_split_only(prepared):
 def test_the_stage_is_deterministic(prepared, tmp_path):
     params, paths, _ = prepared
     again = config.project_paths(write_project(tmp_path) / "params.yaml")
-    data.prepare(params, again)
+    data.run(params, again)
     for name in data.SPLITS:
         assert again.split(name).read_bytes() == paths.split(name).read_bytes()
 
@@ -80,7 +80,7 @@ def test_missing_corpus_says_how_to_provide_it(tmp_path, monkeypatch):
     paths = config.project_paths(write_project(tmp_path / "p") / "params.yaml")
     params = config.load_params(paths.root / "params.yaml").data
     with pytest.raises(data.CorpusUnavailableError, match="SCIKIT_LEARN_DATA"):
-        data.prepare(params, paths, data_home=str(tmp_path / "empty-home"))
+        data.run(params, paths, data_home=str(tmp_path / "empty-home"))
     assert not paths.processed_dir.exists()  # nothing half-written
 
 
@@ -90,7 +90,7 @@ def test_unknown_category_is_named(tmp_path, corpus_available):
     root = write_project(tmp_path, raw)
     params = config.load_params(root / "params.yaml").data
     with pytest.raises(ValueError, match="sci.spaceships"):
-        data.prepare(params, config.project_paths(root / "params.yaml"))
+        data.run(params, config.project_paths(root / "params.yaml"))
 
 
 def test_reading_a_split_before_the_stage_ran(tmp_path):

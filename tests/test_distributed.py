@@ -1,5 +1,6 @@
-"""maas.distributed and maas.launcher without training: cluster descriptions, capacity,
-sharding arithmetic, and real child processes that succeed, die, hang or linger."""
+"""maas.training.distributed and maas.training.launcher without training: cluster
+descriptions, capacity, sharding arithmetic, and real child processes that succeed, die, hang
+or linger."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 import yaml
 from conftest import small_params_dict
 
-from maas import cli, distributed, launcher, train_cli
+from maas import cli
+from maas.training import cli as training_cli
+from maas.training import distributed, launcher
 
 WORKERS = {"worker": ["localhost:2222", "localhost:2223"]}
 
@@ -170,7 +173,7 @@ def alive(pid: int) -> bool:
 
 
 def test_job_streams_prefixed_logs_and_succeeds(tmp_path, caplog):
-    caplog.set_level("INFO", logger="maas.launcher")
+    caplog.set_level("INFO", logger="maas.training.launcher")
     tasks = [
         python_task("worker-0", "import os; print('hi', os.environ['ROLE'])", env={"ROLE": "0"}),
         python_task("worker-1", "print('one'); print('two')"),
@@ -291,18 +294,21 @@ def test_impossible_jobs_are_refused(params_file, nothing_may_start, caplog, arg
 def test_a_task_with_malformed_tf_config_starts_nothing(params_file, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost"]}}')
     with pytest.raises(distributed.DistributeError, match="not a 'host:port'"):
-        train_cli.run_task(SimpleNamespace(job_file=None, params_file=params_file, task_dir=None))
+        training_cli.run_task(
+            SimpleNamespace(job_file=None, params_file=params_file, task_dir=None)
+        )
     monkeypatch.setenv("TF_CONFIG", "not json")
     assert cli.main(["train", "--task", "--params-file", str(params_file)]) == 2
 
 
 def test_the_launched_tasks_get_their_own_tf_config(tmp_path):
-    from maas import config, train_job
+    from maas import config
+    from maas.training import job
 
     raw = small_params_dict()
     raw["train"]["distribute"].update(strategy="parameter_server", workers=2, parameter_servers=3)
     params = config.parse_section(config.TrainParams, raw["train"], name="train")
-    tasks, chief = train_job.local_tasks(params, tmp_path / "job.json", tmp_path)
+    tasks, chief = job.local_tasks(params, tmp_path / "job.json", tmp_path)
     assert chief == "chief-0"
     assert [t.name for t in tasks] == ["chief-0", "worker-0", "worker-1", "ps-0", "ps-1", "ps-2"]
     configs = [distributed.parse_tf_config(t.env["TF_CONFIG"]) for t in tasks]

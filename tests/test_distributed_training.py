@@ -22,9 +22,10 @@ import pytest
 import yaml
 from conftest import small_params_dict, write_project
 
-from maas import config, distributed, launcher, runtime, train, train_job
+from maas import config, runtime
 from maas.provenance import read_json, verify_files
 from maas.tokenizer import Tokenizer
+from maas.training import distributed, fit, job, launcher, stage, worker
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def project(tmp_path_factory, corpus_available):
     raw["train"]["distribute"].update(startup_timeout_s=240, timeout_s=480)
     root = write_project(tmp_path_factory.mktemp("distributed"), raw)
     params = config.load_params(root / "params.yaml")
-    data.prepare(params.data, config.project_paths(root / "params.yaml"))
+    data.run(params.data, config.project_paths(root / "params.yaml"))
     return root
 
 
@@ -80,7 +81,7 @@ def two_workers(project):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tempfile, "tempdir", str(private))
         patch.setenv("TMPDIR", str(private))
-        summary = train.run(params, paths)
+        summary = stage.run(params, paths)
         assert run_folders() == set()  # the run folder (workers' results, logs) is gone
     return summary, read_json(paths.classifier_dir / "history.json")
 
@@ -105,11 +106,11 @@ def test_two_workers_end_identical_and_match_one_worker(project, two_workers):
     assert not paths.train_backup_dir.exists()  # the backup of a finished run is removed
     # One worker with the same global batch takes the same steps.
     tokenizer = Tokenizer.load(paths.tokenizer)
-    one = train.fit(
+    one = fit.fit(
         params,
         tokenizer=tokenizer,
-        train=train.encode_split(paths, "train", tokenizer),
-        validation=train.encode_split(paths, "validation", tokenizer),
+        train=worker.encode_split(paths, "train", tokenizer),
+        validation=worker.encode_split(paths, "validation", tokenizer),
     )
     assert len(history["val_loss"]) == len(one.history["val_loss"]) == params.epochs
     np.testing.assert_allclose(history["val_loss"], one.history["val_loss"], atol=SAME_LOSS_ATOL)
@@ -127,7 +128,7 @@ def test_killed_worker_job_resumes_from_its_backup(project, two_workers, tmp_pat
 
     def first_run() -> None:
         try:
-            train_job.run_local_job(params, paths, backup_dir=backup, run_dir=run_dir)
+            job.run_local_job(params, paths, backup_dir=backup, run_dir=run_dir)
         except BaseException as error:  # noqa: BLE001  (handed to the test thread)
             failure.append(error)
 
@@ -145,7 +146,7 @@ def test_killed_worker_job_resumes_from_its_backup(project, two_workers, tmp_pat
     assert "worker-1 was killed by SIGKILL" in str(failure[0])
     assert not any(distributed_alive(pid) for pid in pids.values())  # no process left behind
 
-    resumed = train.run(params, paths, backup_dir=backup)
+    resumed = stage.run(params, paths, backup_dir=backup)
     assert resumed["resumed_from_epoch"] >= 1  # not from epoch 0
     history = read_json(paths.classifier_dir / "history.json")
     assert len(history["loss"]) == params.epochs  # the curves cover every epoch
@@ -166,7 +167,7 @@ def distributed_alive(pid: int) -> bool:
 
 def test_parameter_servers_hold_the_embedding_in_shards(project):
     params, paths = load(project, strategy="parameter_server", workers=2, parameter_servers=2)
-    summary = train.run(params, paths)
+    summary = stage.run(params, paths)
     shards = summary["embedding_shards"]
     assert len(shards) == params.distribute.parameter_servers
     assert {shard["device"].split("/device")[0] for shard in shards} == {

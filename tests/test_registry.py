@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maas import registry, rollout
 from maas.cli import main as maas_main
-from maas.materialize import (
+from maas.provenance import sha256_tree, verify_files
+from maas.registry import operations, store, tags
+from maas.registry.materialize import (
     IntegrityError,
     dvc_tree_md5,
     integrity_problems,
     materialize,
     recorded_hashes,
 )
-from maas.provenance import sha256_tree, verify_files
-from maas.registry import RegistryError
+from maas.registry.store import RegistryError
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -100,9 +100,9 @@ def base_project(tmp_path_factory) -> Path:
     (root / "remote").mkdir()
     run(project, DVC, "remote", "add", "--default", "--local", "local", str(root / "remote"))
     make_version(project, 1)
-    registry.register(project, "classifier", version="v1")
+    tags.register(project, "classifier", version="v1")
     make_version(project, 2)
-    registry.register(project, "classifier", version="v2")
+    tags.register(project, "classifier", version="v2")
     return project
 
 
@@ -116,17 +116,17 @@ def project(base_project: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def serving(repository: Path) -> rollout.Deployment:
+def serving(repository: Path) -> operations.Deployment:
     """The model repository of a server (none runs here: nothing to wait for)."""
-    return rollout.Deployment(repository=repository, model="classifier")
+    return operations.Deployment(repository=repository, model="classifier")
 
 
-def tags(project: Path) -> list[str]:
+def git_tags(project: Path) -> list[str]:
     return run(project, "git", "tag").split()
 
 
 def lock_md5(project: Path, commit: str) -> str:
-    return registry.lock_entry(project, commit, "models/classifier")["md5"]
+    return store.lock_entry(project, commit, "models/classifier")["md5"]
 
 
 def cache_object(project: Path, md5: str) -> Path:
@@ -141,10 +141,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_versions_are_listed_with_the_metrics_of_their_own_revision(project: Path):
-    versions = registry.list_versions(project, "classifier")
+    versions = tags.list_versions(project, "classifier")
     assert [v.version for v in versions] == ["v2.0.0", "v1.0.0"]
     assert [v.metrics["train.accuracy"] for v in versions] == [0.2, 0.1]
-    assert tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
+    assert git_tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
     # Registering pushed the bytes: the remote holds every file of both versions.
     remote = Path(project.parent / "remote")
     for v in versions:
@@ -154,17 +154,17 @@ def test_versions_are_listed_with_the_metrics_of_their_own_revision(project: Pat
 
 def test_register_bumps_and_refuses_what_it_cannot_honour(project: Path):
     with pytest.raises(RegistryError, match="already"):
-        registry.register(project, "classifier")  # HEAD is v2 already
+        tags.register(project, "classifier")  # HEAD is v2 already
     with pytest.raises(RegistryError, match="not declared"):
-        registry.register(project, "detector")
+        tags.register(project, "detector")
     with pytest.raises(RegistryError, match="not of the form"):
-        registry.register(project, "classifier", version="latest")
+        tags.register(project, "classifier", version="latest")
     (project / "params.yaml").write_text(yaml.safe_dump({"fake": {"repeat": 3}}))
     with pytest.raises(RegistryError, match="uncommitted changes"):
-        registry.register(project, "classifier")
-    assert tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
+        tags.register(project, "classifier")
+    assert git_tags(project) == ["classifier@v1.0.0", "classifier@v2.0.0"]
     make_version(project, 3)
-    assert registry.register(project, "classifier").version == "v2.0.1"  # GTO's patch bump
+    assert tags.register(project, "classifier").version == "v2.0.1"  # GTO's patch bump
 
 
 def test_register_refuses_bytes_missing_from_the_cache(project: Path):
@@ -172,8 +172,8 @@ def test_register_refuses_bytes_missing_from_the_cache(project: Path):
     weights = recorded_hashes(project, commit, "models/classifier").files["weights.bin"]
     cache_object(project, weights).unlink()
     with pytest.raises(RegistryError, match="not in the DVC cache"):
-        registry.register(project, "classifier", version="v3")
-    assert "classifier@v3.0.0" not in tags(project)
+        tags.register(project, "classifier", version="v3")
+    assert "classifier@v3.0.0" not in git_tags(project)
 
 
 def test_cli_lists_shows_and_reports_errors(project: Path, capsys):
@@ -201,52 +201,52 @@ def test_one_version_holds_a_stage_and_gto_and_dvc_agree(project: Path):
         with Repo(str(project)) as repo:
             return repo.artifacts.get_rev("classifier", stage="prod")
 
-    commits = {v.version: v.commit for v in registry.list_versions(project, "classifier")}
-    rollout.promote(project, "classifier", "v1", "prod")
-    rollout.promote(project, "classifier", "v2", "prod")
-    assert registry.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
+    commits = {v.version: v.commit for v in tags.list_versions(project, "classifier")}
+    operations.promote(project, "classifier", "v1", "prod")
+    operations.promote(project, "classifier", "v2", "prod")
+    assert tags.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
     assert dvc_stage_commit() == commits["v2.0.0"]
 
-    done = rollout.rollback(project, "classifier", "prod")
+    done = operations.rollback(project, "classifier", "prod")
     assert done.version == "v1.0.0"
-    assert registry.stage_holders(project, "classifier", "prod") == ["v1.0.0"]
+    assert tags.stage_holders(project, "classifier", "prod") == ["v1.0.0"]
     assert dvc_stage_commit() == commits["v1.0.0"]
-    assert [v.stages for v in registry.list_versions(project, "classifier")] == [(), ("prod",)]
+    assert [v.stages for v in tags.list_versions(project, "classifier")] == [(), ("prod",)]
     # Rolling back again returns to the version before the current one: v2.
-    assert rollout.rollback(project, "classifier", "prod").version == "v2.0.0"
+    assert operations.rollback(project, "classifier", "prod").version == "v2.0.0"
 
 
 def test_bad_stage_and_version_requests_change_nothing(project: Path, tmp_path: Path):
     repository = tmp_path / "repository"
     deployment = serving(repository)
     with pytest.raises(RegistryError, match="nothing to roll back"):
-        rollout.rollback(project, "classifier", "prod", deployment=deployment)
-    rollout.promote(project, "classifier", "v1", "prod", deployment=deployment)
-    before_tags, before_files = tags(project), snapshot(repository)
+        operations.rollback(project, "classifier", "prod", deployment=deployment)
+    operations.promote(project, "classifier", "v1", "prod", deployment=deployment)
+    before_tags, before_files = git_tags(project), snapshot(repository)
     with pytest.raises(RegistryError, match="unknown stage 'production'"):
-        rollout.promote(project, "classifier", "v2", "production", deployment=deployment)
+        operations.promote(project, "classifier", "v2", "production", deployment=deployment)
     with pytest.raises(RegistryError, match="unknown version 'v7.0.0'"):
-        rollout.rollback(project, "classifier", "prod", to="v7", deployment=deployment)
+        operations.rollback(project, "classifier", "prod", to="v7", deployment=deployment)
     with pytest.raises(RegistryError, match="only version that ever held"):
-        rollout.rollback(project, "classifier", "prod", deployment=deployment)
+        operations.rollback(project, "classifier", "prod", deployment=deployment)
     with pytest.raises(RegistryError, match="already holds"):
-        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
-    assert tags(project) == before_tags
+        operations.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert git_tags(project) == before_tags
     assert snapshot(repository) == before_files
 
 
 def test_serving_version_numbers_keep_the_order_of_versions():
-    numbers = [rollout.serving_version(v) for v in ("v0.0.3", "v0.2.0", "v1", "v1.0.10", "v2")]
+    numbers = [operations.serving_version(v) for v in ("v0.0.3", "v0.2.0", "v1", "v1.0.10", "v2")]
     assert numbers == [3, 2000, 1_000_000, 1_000_010, 2_000_000]
     with pytest.raises(RegistryError):
-        rollout.serving_version("v1.1000.0")
+        operations.serving_version("v1.1000.0")
 
 
 # ---- exact bytes and integrity ---------------------------------------------------------
 
 
 def test_materialize_gives_the_recorded_bytes_from_cache_then_remote(project: Path, tmp_path):
-    v1 = registry.version_commit(project, "classifier", "v1")
+    v1 = tags.version_commit(project, "classifier", "v1")
     from_cache = materialize(project, "classifier", "v1", tmp_path / "a")
     assert from_cache.tree_md5 == lock_md5(project, v1) == dvc_tree_md5(tmp_path / "a")
     assert (
@@ -262,17 +262,17 @@ def test_materialize_gives_the_recorded_bytes_from_cache_then_remote(project: Pa
 def test_corrupt_bytes_are_refused_and_the_served_version_stays(project: Path, tmp_path: Path):
     repository = tmp_path / "repository"
     deployment = serving(repository)
-    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
-    before_tags, before_files = tags(project), snapshot(repository)
+    operations.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    before_tags, before_files = git_tags(project), snapshot(repository)
 
-    v1 = registry.version_commit(project, "classifier", "v1")
+    v1 = tags.version_commit(project, "classifier", "v1")
     weights = recorded_hashes(project, v1, "models/classifier").files["weights.bin"]
     damaged = cache_object(project, weights)
     damaged.chmod(0o644)
     damaged.write_bytes(damaged.read_bytes()[:100])  # truncated in the cache
     with pytest.raises(IntegrityError, match=r"weights.bin: md5 .* \(corrupt or truncated\)"):
-        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
-    assert tags(project) == before_tags
+        operations.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert git_tags(project) == before_tags
     assert snapshot(repository) == before_files
     assert not any(p.name.startswith(".") for p in (repository / "classifier").iterdir())
 
@@ -280,23 +280,23 @@ def test_corrupt_bytes_are_refused_and_the_served_version_stays(project: Path, t
 def test_bytes_in_neither_cache_nor_remote_are_a_clear_error(project: Path, tmp_path: Path):
     repository = tmp_path / "repository"
     deployment = serving(repository)
-    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
-    before_tags, before_files = tags(project), snapshot(repository)
+    operations.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    before_tags, before_files = git_tags(project), snapshot(repository)
     shutil.rmtree(project / ".dvc" / "cache")
     shutil.rmtree(tmp_path / "remote")
     with pytest.raises(RegistryError, match="neither the DVC cache nor the remote"):
-        rollout.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
-    assert tags(project) == before_tags
+        operations.rollback(project, "classifier", "prod", to="v1", deployment=deployment)
+    assert git_tags(project) == before_tags
     assert snapshot(repository) == before_files
 
 
 def test_a_damaged_version_folder_is_replaced_by_the_recorded_bytes(project: Path, tmp_path):
     repository = tmp_path / "repository"
     deployment = serving(repository)
-    done = rollout.promote(project, "classifier", "v1", "prod", deployment=deployment)
+    done = operations.promote(project, "classifier", "v1", "prod", deployment=deployment)
     (done.folder / "weights.bin").write_bytes(b"tampered")
-    rollout.promote(project, "classifier", "v2", "prod", deployment=deployment)
-    again = rollout.rollback(project, "classifier", "prod", deployment=deployment)
+    operations.promote(project, "classifier", "v2", "prod", deployment=deployment)
+    again = operations.rollback(project, "classifier", "prod", deployment=deployment)
     assert again.folder == done.folder
     assert dvc_tree_md5(done.folder) == lock_md5(project, done.commit)
     config = yaml.safe_load((repository / "classifier" / "config.yaml").read_text())
@@ -306,20 +306,20 @@ def test_a_damaged_version_folder_is_replaced_by_the_recorded_bytes(project: Pat
 
 def test_a_server_that_does_not_switch_leaves_everything_as_it_was(project: Path, tmp_path):
     repository = tmp_path / "repository"
-    rollout.promote(project, "classifier", "v2", "prod", deployment=serving(repository))
-    before_tags, before_files = tags(project), snapshot(repository)
-    unreachable = rollout.Deployment(
+    operations.promote(project, "classifier", "v2", "prod", deployment=serving(repository))
+    before_tags, before_files = git_tags(project), snapshot(repository)
+    unreachable = operations.Deployment(
         repository=repository, model="classifier", server="http://127.0.0.1:9", timeout=1.0
     )
     with pytest.raises(RegistryError, match="did not switch"):
-        rollout.rollback(project, "classifier", "prod", to="v1", deployment=unreachable)
-    assert tags(project) == before_tags
+        operations.rollback(project, "classifier", "prod", to="v1", deployment=unreachable)
+    assert git_tags(project) == before_tags
     assert snapshot(repository) == before_files
 
 
 def test_a_variant_inside_a_larger_output_is_checked_file_by_file(project: Path, tmp_path):
-    registry.register(project, "classifier-int8", version="v1")
-    commit = registry.version_commit(project, "classifier-int8", "v1")
+    tags.register(project, "classifier-int8", version="v1")
+    commit = tags.version_commit(project, "classifier-int8", "v1")
     recorded = recorded_hashes(project, commit, "models/compressed/int8")
     assert recorded.tree_md5 is None  # dvc.lock hashes models/compressed as a whole
     assert set(recorded.files) == {"model.bin", "provenance.json"}
@@ -338,7 +338,7 @@ def test_a_variant_inside_a_larger_output_is_checked_file_by_file(project: Path,
 
 
 def test_plain_git_checkout_and_dvc_checkout_restore_a_version(project: Path):
-    v1 = registry.version_commit(project, "classifier", "v1")
+    v1 = tags.version_commit(project, "classifier", "v1")
     run(project, "git", "checkout", "-q", "classifier@v1.0.0")
     run(project, DVC, "checkout", "--quiet")
     assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)

@@ -28,10 +28,10 @@ import yaml
 from conftest import ROOT, small_params_dict
 from serving_support import running_server
 
-from maas import registry, rollout
 from maas.cli import main as maas_main
-from maas.materialize import IntegrityError, dvc_tree_md5, recorded_hashes
 from maas.provenance import sha256_tree, verify_files
+from maas.registry import operations, store, tags
+from maas.registry.materialize import IntegrityError, dvc_tree_md5, recorded_hashes
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -40,7 +40,7 @@ TEXTS = [
     "My car needs new brakes and the dealer wants too much for the engine work.",
     "The senate debated the gun control bill and the second amendment again.",
 ]
-V1, V2 = rollout.serving_version("v1"), rollout.serving_version("v2")
+V1, V2 = operations.serving_version("v1"), operations.serving_version("v2")
 
 
 def run(args, cwd: Path, timeout: float = 600) -> str:
@@ -132,7 +132,7 @@ def test_rollback_serves_the_earlier_model_byte_for_byte(tmp_path: Path, corpus_
     v1_commit = train_and_commit(project, "parameters A")
     maas("models", "register", "classifier", "--version", "v1", *where)
     maas("models", "promote", "classifier", "v1", "--stage", "prod", *serve_into)
-    v1_md5 = registry.lock_entry(project, v1_commit, "models/classifier")["md5"]
+    v1_md5 = store.lock_entry(project, v1_commit, "models/classifier")["md5"]
     served = repository / "classifier"
     first_served = snapshot(served / str(V1))  # from the DVC cache
 
@@ -173,27 +173,27 @@ def test_rollback_serves_the_earlier_model_byte_for_byte(tmp_path: Path, corpus_
         on_remote.chmod(0o644)
         on_remote.write_bytes(good[: len(good) // 2])  # truncated on the remote
         before = (sorted(served.iterdir()), (served / "config.yaml").read_bytes())
-        deployment = rollout.Deployment(repository, "classifier", server.url)
+        deployment = operations.Deployment(repository, "classifier", server.url)
         with pytest.raises(IntegrityError, match="corrupt or truncated"):
-            rollout.rollback(project, "classifier", "prod", deployment=deployment)
+            operations.rollback(project, "classifier", "prod", deployment=deployment)
         assert (sorted(served.iterdir()), (served / "config.yaml").read_bytes()) == before
-        assert rollout.answering_version(client, "classifier") == V2  # v2 keeps serving
-        assert registry.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
+        assert operations.answering_version(client, "classifier") == V2  # v2 keeps serving
+        assert tags.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
 
         on_remote.write_bytes(good)
         maas("models", "rollback", "classifier", "--stage", "prod", *serve_into, *url)
         np.testing.assert_allclose(predict(client), v1_predictions, rtol=0, atol=1e-6)
-        assert rollout.answering_version(client, "classifier") == V1
+        assert operations.answering_version(client, "classifier") == V1
         assert dvc_tree_md5(served / str(V1)) == v1_md5
         assert snapshot(served / str(V1)) == v1_files
         assert verify_files(served / str(V1)) == []
-        assert registry.stage_holders(project, "classifier", "prod") == ["v1.0.0"]
+        assert tags.stage_holders(project, "classifier", "prod") == ["v1.0.0"]
         traffic.stop()
         client.close()
 
     assert traffic.sent > 20
     assert traffic.failures == []
-    versions = registry.list_versions(project, "classifier")
+    versions = tags.list_versions(project, "classifier")
     assert [(v.version, v.commit, v.stages) for v in versions] == [
         ("v2.0.0", v2_commit, ()),
         ("v1.0.0", v1_commit, ("prod",)),

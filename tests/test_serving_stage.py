@@ -54,7 +54,8 @@ def test_serve_notebook_builds_the_repository_and_probes_every_protocol(
 
 
 def test_serving_imports_no_training_code():
-    forbidden = ["maas.train", "maas.model", "maas.compress", "maas.distributed", "maas.data"]
+    forbidden = ["maas.training", "maas.model", "maas.compress", "maas.data"]
+    parser_only = {"maas.training", "maas.training.cli"}  # `maas train`'s flags, for --help
     code = (
         "import sys; from maas import cli; cli.build_parser();"
         "import maas.serving.app, maas.serving.stage, maas.serving.cli;"
@@ -64,5 +65,6 @@ def test_serving_imports_no_training_code():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     loaded = json.loads(out)
-    assert [m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)] == []
+    training = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)]
+    assert sorted(set(training) - parser_only) == []
     assert "maas.serving.app" in loaded

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("maas.serving.cli", "serve a model repository over HTTP (TF Serving v1, OIP v2)"),
-    "models": ("maas.registry_cli", "model versions: list, show, register, promote, rollback"),
-    "train": ("maas.train_cli", "train the classifier: one device, mirrored, multi-worker, ps"),
+    "models": ("maas.registry.cli", "model versions: list, show, register, promote, rollback"),
+    "train": ("maas.training.cli", "train the classifier: one device, mirrored, multi-worker, ps"),
 }
 
 

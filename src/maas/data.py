@@ -177,7 +177,7 @@ def data_card(splits: dict[str, Split], tokenizer: Tokenizer, dropped: int) -> d
     return card
 
 
-def prepare(params: DataParams, paths: Paths, *, data_home: str | None = None) -> dict:
+def run(params: DataParams, paths: Paths, *, data_home: str | None = None) -> dict:
     """Run the data stage: load, clean, split, fit the tokenizer, write outputs.
 
     Writes ``data/processed/{train,validation,test}.jsonl``, ``tokenizer.json`` and

@@ -1,6 +1,6 @@
 """The model repository on disk: TensorFlow Serving's layout, ``config.yaml``, publishing.
 
-Layout (CONTRACTS.md §3)::
+Layout::
 
     DIR/<model-name>/<integer version>/   an artifact folder (copied byte for byte)
     DIR/<model-name>/config.yaml          optional: version policy and labels
@@ -19,12 +19,16 @@ Layout (CONTRACTS.md §3)::
       downscale_delay_s: 30    # seconds below target before removing them
 
 Model names match ``MODEL_NAME``; version folders are canonical non-negative integers.
+This module is the one home of that contract: the server (:mod:`maas.serving.repository`),
+the serve stage and the registry's promotions (:mod:`maas.registry.operations`) all read and
+write the repository through it.
 Anything else in the folder (hidden folders such as the temporary sibling that
 :func:`maas.provenance.atomic_dir` writes into) is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -33,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maas.provenance import atomic_dir, verify_files
+import yaml
+
+from maas.provenance import atomic_dir, verify_files, write_bytes
 from maas.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -157,6 +163,12 @@ class ModelConfig:
         return sorted(on_disk, reverse=True)
 
 
+def check_model_name(name: str) -> None:
+    """``ValueError`` unless ``name`` is a valid model name (a repository folder)."""
+    if not MODEL_NAME.match(name):
+        raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
+
+
 def parse_version(version: int | str) -> int:
     """A version number from a URL or a config; ``ServingError`` 400 when it is not one."""
     if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
@@ -201,8 +213,7 @@ def build_repository(
     """
     present = {}
     for name, source in sources.items():
-        if not MODEL_NAME.match(name):
-            raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
+        check_model_name(name)
         if not Path(source).is_dir():
             log.warning("skipping model %s: %s does not exist", name, source)
             continue
@@ -225,8 +236,7 @@ def publish_version(source: str | Path, repository: str | Path, model: str) -> i
     The copy is written beside the final folder and renamed into place, so a polling
     server never sees it half-written.
     """
-    if not MODEL_NAME.match(model):
-        raise ValueError(f"model name {model!r} must match {MODEL_NAME.pattern}")
+    check_model_name(model)
     problems = verify_files(source)
     if problems:
         raise ValueError(f"refusing to publish: {'; '.join(problems)}")
@@ -241,3 +251,34 @@ def publish_version(source: str | Path, repository: str | Path, model: str) -> i
 
 def _is_version(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_config_bytes(model_dir: str | Path) -> bytes | None:
+    """A model's ``config.yaml`` as it is on disk (``None``: the model has none)."""
+    path = Path(model_dir) / CONFIG_FILE
+    return path.read_bytes() if path.exists() else None
+
+
+def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
+    """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically.
+
+    ``keep_previous`` and ``scaling`` of the config in force are kept.
+    """
+    config = {"version_policy": "specific", "versions": [version], "labels": {label: version}}
+    with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError):
+        existing = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+        if isinstance(existing, dict):
+            config.update({k: existing[k] for k in ("keep_previous", "scaling") if k in existing})
+    ModelConfig.parse(config, where=CONFIG_FILE)  # what is written must be what the server reads
+    text = yaml.safe_dump(config, sort_keys=False).encode()
+    return write_bytes(Path(model_dir) / CONFIG_FILE, text)
+
+
+def restore_config(model_dir: str | Path, previous: bytes | None) -> None:
+    """Put back a ``config.yaml`` read by :func:`read_config_bytes` (``None``: remove it)."""
+    path = Path(model_dir) / CONFIG_FILE
+    if previous is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        write_bytes(path, previous)

@@ -1,16 +1,17 @@
 """Distributed training jobs: one process per task, on this machine or on a cluster.
 
-A job of ``multi_worker`` or ``parameter_server`` training is a set of tasks, each a process
-that knows the cluster and its own place in it from ``TF_CONFIG``:
+The job layer of training (stage -> job -> worker -> fit). A job of ``multi_worker`` or
+``parameter_server`` training is a set of tasks, each a process that knows the cluster and
+its own place in it from ``TF_CONFIG``:
 
 - :func:`run_task` is what each process runs (``maas train --task``). Training tasks (every
   worker of ``multi_worker``; the chief, which coordinates, of ``parameter_server``) call
-  :func:`maas.train.train_and_export`: the chief exports the model, the others keep what
-  they write in a temporary folder. The workers and ps tasks of ``parameter_server`` only
+  :func:`maas.training.worker.train_and_export`: the chief exports the model, the others
+  keep what they write in a temporary folder. The workers and ps tasks of ``parameter_server`` only
   serve (:func:`serve`) until the job stops them.
 - :func:`run_local_job` runs a whole job here: free loopback ports, a generated
-  ``TF_CONFIG`` per task, :mod:`maas.launcher` to start, watch and stop the processes, then
-  a check that every worker ended with identical weights.
+  ``TF_CONFIG`` per task, :mod:`maas.training.launcher` to start, watch and stop the
+  processes, then a check that every worker ended with identical weights.
 
 On a cluster, the orchestrator (Kubeflow's TFJob, or a script per host) starts
 ``maas train --task`` on every host with that host's ``TF_CONFIG``; see the README.
@@ -27,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maas import distributed, launcher
 from maas.config import Paths, TrainParams, parse_section, to_dict
 from maas.provenance import read_json, write_json
+from maas.training import distributed, launcher
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def run_task(
     if strategy_name == "parameter_server" and task.task_type in ("worker", "ps"):
         serve(task)
         return None
-    from maas.tokenizer import Tokenizer
-    from maas.train import train_and_export
+    from maas.tokenizer import Tokenizer  # training code: training tasks only, ps tasks serve
+    from maas.training.worker import train_and_export
 
     rows = Tokenizer.load(paths.tokenizer).vocabulary_size
     strategy = distributed.make_strategy(
@@ -150,7 +151,7 @@ def local_tasks(
             task = distributed.ClusterTask(cluster, job, index)
             service = spec.strategy == "parameter_server" and job != "chief"
             chief = task.name if task.is_chief else chief
-            argv = [sys.executable, "-m", "maas.train_cli", "--task"]
+            argv = [sys.executable, "-m", "maas.training.cli", "--task"]
             argv += ["--job-file", str(job_file), "--task-dir", str(run_dir / task.name)]
             tasks.append(
                 launcher.Task(

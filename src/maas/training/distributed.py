@@ -15,7 +15,7 @@ The same training code runs under four strategies (``train.distribute.strategy``
 The last two need a cluster, described by the ``TF_CONFIG`` environment variable that every
 task of the job receives: ``{"cluster": {"worker": ["host:port", ...], ...},
 "task": {"type": "worker", "index": 0}}``. :func:`parse_tf_config` checks it before anything
-starts; :mod:`maas.launcher` generates one per task for a local job.
+starts; :mod:`maas.training.launcher` generates one per task for a local job.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def _deployment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maas.registry import RegistryError
+    from maas.registry.store import RegistryError
 
     try:
         return ACTIONS[args.action](args)
@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from maas.registry import declared_artifacts, list_versions
+    from maas.registry.store import declared_artifacts
+    from maas.registry.tags import list_versions
 
     names = [args.artifact] if args.artifact else sorted(declared_artifacts(args.project))
     rows = [v for name in names for v in list_versions(args.project, name)]
@@ -127,15 +128,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from maas.materialize import recorded_hashes
-    from maas.registry import (
-        RegistryError,
-        artifact_path,
-        list_versions,
-        lock_entry,
-        normalize_version,
-        stage_holders,
-    )
+    from maas.registry.store import RegistryError, artifact_path, lock_entry, recorded_hashes
+    from maas.registry.tags import list_versions, normalize_version, stage_holders
 
     if bool(args.version) == bool(args.stage):
         raise RegistryError("give a version or --stage, not both")
@@ -174,7 +168,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from maas.registry import register
+    from maas.registry.tags import register
 
     found = register(
         args.project, args.artifact, version=args.version, ref=args.ref, push=not args.no_push
@@ -184,8 +178,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _deployment(args: argparse.Namespace):
-    from maas.registry import RegistryError
-    from maas.rollout import Deployment
+    from maas.registry.operations import Deployment
+    from maas.registry.store import RegistryError
 
     if args.model_repository is None:
         if args.server:
@@ -206,7 +200,7 @@ def _deployment(args: argparse.Namespace):
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from maas.rollout import promote
+    from maas.registry.operations import promote
 
     done = promote(
         args.project, args.artifact, args.version, args.stage, deployment=_deployment(args)
@@ -216,7 +210,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from maas.rollout import rollback
+    from maas.registry.operations import rollback
 
     done = rollback(
         args.project, args.artifact, args.stage, to=args.to, deployment=_deployment(args)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from maas.config import STRATEGIES, ConfigError, load_params, project_paths
 
-log = logging.getLogger("maas.train_cli")  # also when run as __main__
+log = logging.getLogger("maas.training.cli")  # also when run as __main__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maas import launcher
+    from maas.training import launcher
 
     # TensorFlow's Python side logs every checkpoint shard and all-reduce at INFO.
     for chatty in ("absl", "tensorflow"):
@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
         params = load_params(args.params_file, overrides_from(args))
         if os.environ.get("TF_CONFIG"):
             log.warning("TF_CONFIG is set but not used: add --task to run as a task of it")
-        from maas import train
+        from maas.training import stage
 
-        summary = train.run(
+        summary = stage.run(
             params.train, project_paths(args.params_file), backup_dir=args.backup_dir
         )
     except (ConfigError, FileNotFoundError) as error:  # DistributeError is a ConfigError
@@ -124,21 +124,21 @@ def run(args: argparse.Namespace) -> int:
 
 def run_task(args: argparse.Namespace) -> int:
     """One task of a job: the cluster from TF_CONFIG, checked before TensorFlow starts."""
-    from maas import distributed, train_job
+    from maas.training import distributed, job
 
     task = distributed.parse_tf_config(os.environ.get("TF_CONFIG"))
     if args.job_file is not None:
-        params, paths, backup_dir = train_job.read_job_file(args.job_file)
+        params, paths, backup_dir = job.read_job_file(args.job_file)
     else:
         params = load_params(args.params_file, overrides_from(args)).train
         paths, backup_dir = project_paths(args.params_file), args.backup_dir
     log.info("task %s of a %s job", task.name, params.distribute.strategy)
-    train_job.run_task(params, paths, task, backup_dir=backup_dir, task_dir=args.task_dir)
+    job.run_task(params, paths, task, backup_dir=backup_dir, task_dir=args.task_dir)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m maas.train_cli``: what local jobs start per task (``maas train`` without
+    """``python -m maas.training.cli``: what local jobs start per task (``maas train`` without
     the other sub-commands, so a task imports only what training needs)."""
     parser = argparse.ArgumentParser(prog="maas train", description=__doc__)
     add_arguments(parser)

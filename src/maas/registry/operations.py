@@ -2,14 +2,15 @@
 
 A promotion (or a rollback, which promotes an earlier version) does, in this order:
 
-1. materialize the version's exact bytes as ``DIR/<model>/<N>/`` (:mod:`maas.materialize`:
+1. materialize the version's exact bytes as ``DIR/<model>/<N>/`` (:mod:`maas.registry.materialize`:
    from the DVC cache or remote, verified against the hashes recorded at its revision);
 2. write ``DIR/<model>/config.yaml`` (``version_policy: specific``, ``versions: [N]``, the
-   stage as a label), which a running server picks up on its next poll;
+   stage as a label; :func:`maas.serving.layout.pin_version`), which a running server picks
+   up on its next poll;
 3. with a server URL, wait until the server reports version N as the one it serves and
    answers a request with it; the server loads N beside the old version and swaps, so
    requests never fail in between;
-4. only then move the stage in the registry (GTO tags, :func:`maas.registry.assign_stage`).
+4. only then move the stage in the registry (GTO tags, :func:`maas.registry.tags.assign_stage`).
 
 Any failure before step 4 restores the previous ``config.yaml`` and removes a version folder
 it added, so the registry, the repository and the server stay as they were.
@@ -21,20 +22,15 @@ versions, so the repository's ``latest`` policy also picks the newest version.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from maas.materialize import materialize
-from maas.provenance import write_bytes
-from maas.registry import (
-    RegistryError,
+from maas.registry.materialize import materialize
+from maas.registry.store import RegistryError
+from maas.registry.tags import (
     assign_stage,
     check_stage,
     normalize_version,
@@ -42,11 +38,10 @@ from maas.registry import (
     stage_holders,
     version_commit,
 )
+from maas.serving import layout
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"  # CONTRACTS.md §3
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PROBE_TEXT = "rollout probe: which version answers?"
 
 
@@ -95,8 +90,8 @@ def promote(
 
     Raises:
         RegistryError: unknown version or stage, bytes unavailable or corrupt (then
-            :class:`maas.materialize.IntegrityError`), or the server did not switch in time;
-            nothing is changed then.
+            :class:`maas.registry.materialize.IntegrityError`), or the server did not switch
+            in time; nothing is changed then.
     """
     start = time.perf_counter()
     version = normalize_version(version)
@@ -145,16 +140,18 @@ def rollback(
 def _deploy(
     root: str | Path, name: str, version: str, stage: str, number: int, deployment: Deployment
 ) -> tuple[Path, tuple[float, float]]:
-    if not MODEL_NAME.match(deployment.model):
-        raise RegistryError(f"model name {deployment.model!r} must match {MODEL_NAME.pattern}")
+    try:
+        layout.check_model_name(deployment.model)
+    except ValueError as error:
+        raise RegistryError(str(error)) from error
     model_dir = Path(deployment.repository) / deployment.model
     folder = model_dir / str(number)
     added = not folder.exists()
     materialized = materialize(root, name, version, folder)
-    previous = read_config(model_dir)
+    previous = layout.read_config_bytes(model_dir)
     switch_start = time.perf_counter()
     try:
-        write_config(model_dir, number=number, stage=stage)
+        layout.pin_version(model_dir, number, label=stage)
         if deployment.server:
             wait_until_served(
                 deployment.server,
@@ -164,41 +161,12 @@ def _deploy(
                 api_key=deployment.api_key,
             )
     except BaseException:
-        restore_config(model_dir, previous)
+        layout.restore_config(model_dir, previous)
         if added:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     switched = time.perf_counter() - switch_start if deployment.server else 0.0
     return folder, (materialized.seconds, switched)
-
-
-def read_config(model_dir: Path) -> bytes | None:
-    path = model_dir / CONFIG_FILE
-    return path.read_bytes() if path.exists() else None
-
-
-def write_config(model_dir: Path, *, number: int, stage: str) -> Path:
-    """Serve exactly version ``number``, labelled with the stage (atomic replace).
-
-    Other keys of an existing config (``keep_previous``, ``scaling``) are kept.
-    """
-    kept = {}
-    with contextlib.suppress(OSError, yaml.YAMLError):
-        existing = yaml.safe_load((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        if isinstance(existing, dict):
-            kept = {k: v for k, v in existing.items() if k in ("keep_previous", "scaling")}
-    config = {"version_policy": "specific", "versions": [number], "labels": {stage: number}}
-    config.update(kept)
-    return write_bytes(model_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False).encode())
-
-
-def restore_config(model_dir: Path, previous: bytes | None) -> None:
-    path = model_dir / CONFIG_FILE
-    if previous is None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    else:
-        write_bytes(path, previous)
 
 
 def served_versions(status: dict) -> dict[int, tuple[str, str]]:

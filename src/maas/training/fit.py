@@ -1,17 +1,13 @@
-"""The train stage: fit the classifier on the data stage's splits and export it.
+"""Fit: the bottom of training (stage -> job -> worker -> fit).
 
-:func:`fit` is the worker: it builds the model inside a ``tf.distribute`` strategy scope and
-trains it with early stopping (the best epoch's weights are restored), optionally backed up
-every epoch so an interrupted run resumes. :func:`train_and_export` adds the stage's I/O:
-read the splits, fit, and (on the chief only) export the model with its provenance.
-:func:`run` is the stage entry point: it trains in this process (``one_device``,
-``mirrored``) or launches a local multi-process job (``multi_worker``, ``parameter_server``;
-see :mod:`maas.train_job`), as ``train.distribute.strategy`` says.
+:func:`fit` builds the classifier inside a ``tf.distribute`` strategy scope and trains it on
+token ids with early stopping (the best epoch's weights are restored), optionally backed up
+every epoch so an interrupted run resumes. It reads and writes no files of the project: the
+worker (:mod:`maas.training.worker`) does the I/O around it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -24,20 +20,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from maas import distributed
-from maas.config import Paths, TrainParams, to_dict
-from maas.data import read_split
+from maas.config import TrainParams
 from maas.model import build_classifier, compile_classifier
 from maas.tokenizer import Tokenizer
-from maas.train_callbacks import (  # noqa: F401  (ProgressBar, LiveLogger: public here too)
-    EpochLog,
-    LiveLogger,
-    ProgressBar,
-    ThroughputMeter,
-    TrainingBackup,
-    fingerprint_of,
-    merge_history,
-)
+from maas.training import distributed
+from maas.training.callbacks import ThroughputMeter, TrainingBackup, merge_history
 
 log = logging.getLogger(__name__)
 
@@ -209,123 +196,3 @@ def fit(
         steady_examples_per_second=len(train[0]) / steady if steady else None,
         timeline=meter.timeline,
     )
-
-
-def encode_split(paths: Paths, name: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    split = read_split(paths.split(name))
-    return tokenizer.encode(split.texts), split.labels
-
-
-def train_and_export(
-    params: TrainParams,
-    paths: Paths,
-    *,
-    strategy: tf.distribute.Strategy,
-    chief: bool = True,
-    progress: bool = True,
-    backup_dir: Path | None = None,
-    first_step_marker: Path | None = None,
-) -> tuple[dict[str, Any], TrainResult]:
-    """Fit under ``strategy`` with backups; the chief exports to ``models/classifier``.
-
-    Every training process of a job calls this; only the chief writes the model, the curves
-    and the backup (other workers keep theirs in temporary folders that Keras removes).
-    Returns the training summary (also stored in the model's provenance) and the result.
-    """
-    from maas.export import export_classifier
-
-    tokenizer = Tokenizer.load(paths.tokenizer)
-    train = encode_split(paths, "train", tokenizer)
-    validation = encode_split(paths, "validation", tokenizer)
-    run_id = {
-        "train": {**to_dict(params), "distribute": params.distribute.strategy},
-        "replicas": int(strategy.num_replicas_in_sync),
-        "tokenizer": tokenizer.fingerprint(),
-        "data": hashlib.sha256(train[0].tobytes() + train[1].tobytes()).hexdigest(),
-    }
-    backup = TrainingBackup(
-        backup_dir or paths.train_backup_dir, fingerprint=fingerprint_of(run_id), writer=chief
-    )
-    callbacks: list[keras.callbacks.Callback] = []
-    if chief:
-        callbacks += [EpochLog(params.epochs), LiveLogger(paths.dvclive_dir, backup.before)]
-        if progress:
-            callbacks.append(ProgressBar(params.epochs))
-    result = fit(
-        params,
-        tokenizer=tokenizer,
-        train=train,
-        validation=validation,
-        strategy=strategy,
-        callbacks=callbacks,
-        backup=backup,
-        first_step_marker=first_step_marker,
-    )
-    model = result.model
-    if strategy is not tf.distribute.get_strategy():  # export ordinary variables, never shards
-        model = compile_classifier(
-            distributed.plain_copy(result.model), learning_rate=params.learning_rate
-        )
-    best = result.best_epoch - 1
-    summary = {
-        "strategy": params.distribute.strategy,
-        "replicas": int(strategy.num_replicas_in_sync),
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history["loss"]),
-        "resumed_from_epoch": result.initial_epoch,
-        "train_seconds": round(result.seconds, 1),
-        "examples_per_second": round(result.examples_per_second, 1),
-        "steady_examples_per_second": round(result.steady_examples_per_second or 0.0, 1),
-        "timeline": result.timeline,  # wall-clock stamps (benchmarks read them)
-        "val_accuracy": result.history["val_accuracy"][best],
-        "val_loss": result.history["val_loss"][best],
-        "parameters": int(model.count_params()),
-        "weights_sha256": distributed.weights_digest(model.get_weights()),
-    }
-    if chief:
-        export_classifier(
-            model,
-            tokenizer,
-            paths.classifier_dir,
-            params=to_dict(params),
-            metrics=summary,
-            history=result.history,
-            inputs={"data": paths.processed_dir},
-            root=paths.root,
-        )
-    backup.finish()
-    log.info("train: %s", summary)
-    return summary, result
-
-
-def run(
-    params: TrainParams,
-    paths: Paths,
-    *,
-    strategy: tf.distribute.Strategy | None = None,
-    progress: bool = True,
-    backup_dir: Path | None = None,
-) -> dict[str, Any]:
-    """The train stage: fit on the data stage's outputs, export to ``models/classifier``.
-
-    ``train.distribute.strategy`` decides how: ``one_device`` and ``mirrored`` train in this
-    process; ``multi_worker`` and ``parameter_server`` launch one process per task on this
-    machine (:func:`maas.train_job.run_local_job`) and wait for them. A run interrupted
-    before the end resumes from its last finished epoch when started again.
-    Returns the training summary that is also stored in the model's provenance.
-    """
-    name = params.distribute.strategy
-    if strategy is None and name in distributed.LAUNCHED_STRATEGIES:
-        from maas.train_job import run_local_job
-
-        return run_local_job(params, paths, backup_dir=backup_dir)
-    started = time.time()
-    if strategy is None:
-        strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
-    summary, _ = train_and_export(
-        params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir
-    )
-    from maas.train_job import time_to_start
-
-    summary.update(time_to_start(summary, since=started))
-    return summary

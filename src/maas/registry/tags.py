@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +25,23 @@ from typing import Any
 
 import yaml
 
+from maas.registry.store import (
+    GTO_CONFIG,
+    LOCK_FILE,
+    PIPELINE_FILES,
+    RegistryError,
+    artifact_path,
+    git,
+    lock_entry,
+    metrics_at,
+    missing_from_cache,
+    push_artifact,
+    resolve_commit,
+)
+
 log = logging.getLogger(__name__)
 
-DVC_FILE = "dvc.yaml"
-LOCK_FILE = "dvc.lock"
-GTO_CONFIG = ".gto"
-# Files whose uncommitted changes would make a registered commit describe another model.
-PIPELINE_FILES = (DVC_FILE, LOCK_FILE, "params.yaml", GTO_CONFIG)
 SHORT_VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be honoured; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -58,53 +62,6 @@ def normalize_version(version: str) -> str:
     if not match:
         raise RegistryError(f"version {version!r} is not of the form v1.2.3 (or v1, v1.2)")
     return "v" + ".".join(part or "0" for part in match.groups())
-
-
-def git(root: str | Path, *args: str) -> str:
-    """Run git in the project; ``RegistryError`` with git's message when it fails."""
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RegistryError(f"git {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
-def resolve_commit(root: str | Path, ref: str) -> str:
-    return git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-
-
-def read_yaml_at(root: str | Path, rev: str, path: str) -> Any:
-    """A YAML file as committed at ``rev`` (``None`` when the commit has no such file)."""
-    result = subprocess.run(
-        ["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True
-    )
-    return yaml.safe_load(result.stdout) if result.returncode == 0 else None
-
-
-def declared_artifacts(root: str | Path, rev: str = "HEAD") -> dict[str, dict[str, Any]]:
-    """The ``artifacts:`` section of ``dvc.yaml`` at ``rev``."""
-    return dict((read_yaml_at(root, rev, DVC_FILE) or {}).get("artifacts") or {})
-
-
-def artifact_path(root: str | Path, name: str, rev: str) -> str:
-    """Where an artifact lives at ``rev``, as declared in that revision's ``dvc.yaml``."""
-    declared = declared_artifacts(root, rev)
-    if name not in declared:
-        known = ", ".join(sorted(declared)) or "none"
-        raise RegistryError(
-            f"artifact {name!r} is not declared in {DVC_FILE} at {rev[:12]} (declared: {known})"
-        )
-    return str(declared[name]["path"]).rstrip("/")
-
-
-def lock_entry(root: str | Path, rev: str, path: str) -> dict[str, Any] | None:
-    """The ``dvc.lock`` output at ``rev`` that is ``path`` or contains it."""
-    lock = read_yaml_at(root, rev, LOCK_FILE) or {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            out_path = str(out["path"]).rstrip("/")
-            if path == out_path or path.startswith(out_path + "/"):
-                return out
-    return None
 
 
 def allowed_stages(root: str | Path) -> list[str] | None:
@@ -182,43 +139,6 @@ def list_versions(root: str | Path, name: str, *, metrics: bool = True) -> list[
     ]
 
 
-def metrics_at(root: str | Path, commits: list[str]) -> dict[str, dict[str, Any]]:
-    """``{commit: {"train.val_accuracy": ...}}``: ``dvc metrics show`` at each commit.
-
-    A metrics file a revision lacks (a stage not run) is skipped, not an error.
-    """
-    if not commits:
-        return {}
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        shown = repo.metrics.show(revs=list(dict.fromkeys(commits)), on_error="return")
-    flat: dict[str, dict[str, Any]] = {}
-    for rev, result in shown.items():
-        values: dict[str, Any] = {}
-        for path, file_result in (result.get("data") or {}).items():
-            prefix = _metrics_prefix(path)
-            for key, value in _flatten(file_result.get("data") or {}):
-                values[f"{prefix}.{key}"] = value
-        flat[rev] = values
-    return flat
-
-
-def _metrics_prefix(path: str) -> str:
-    """``reports/metrics/evaluate.json`` -> ``evaluate``; ``reports/train/metrics.json`` ->
-    ``train``."""
-    parts = Path(path)
-    return parts.parent.name if parts.stem == "metrics" else parts.stem
-
-
-def _flatten(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield f"{prefix}{key}", value
-
-
 def register(
     root: str | Path,
     name: str,
@@ -239,8 +159,6 @@ def register(
     """
     from gto import api
     from gto.exceptions import GTOException
-
-    from maas.materialize import missing_from_cache, push_artifact
 
     commit = resolve_commit(root, ref)
     path = artifact_path(root, name, commit)

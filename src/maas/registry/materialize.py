@@ -17,7 +17,6 @@ they pass, so a corrupt or truncated copy never appears where a server would loa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -26,28 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maas.provenance import replace_dir, verify_files
-from maas.registry import (
+from maas.registry.store import (
+    Recorded,
     RegistryError,
     artifact_path,
-    lock_entry,
-    normalize_version,
-    version_commit,
+    dvc_tree_md5,
+    file_md5s,
+    recorded_hashes,
 )
+from maas.registry.tags import normalize_version, version_commit
 
 log = logging.getLogger(__name__)
 
 
 class IntegrityError(RegistryError):
     """Materialized bytes that differ from the hashes recorded at the version's revision."""
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What a revision recorded about an artifact's bytes."""
-
-    path: str  # the artifact's path in the project
-    files: dict[str, str]  # relative name -> md5, from the dvc.lock's .dir manifest
-    tree_md5: str | None  # dvc.lock's md5 ("<hash>.dir") when the artifact is a whole output
 
 
 @dataclass(frozen=True)
@@ -58,69 +50,6 @@ class Materialized:
     path: Path
     tree_md5: str  # DVC's hash of the folder as written
     seconds: float
-
-
-def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_md5s(directory: str | Path) -> dict[str, str]:
-    """``{relative posix name: md5}`` of every file under a folder."""
-    directory = Path(directory)
-    return {
-        p.relative_to(directory).as_posix(): md5_file(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def dvc_tree_md5(directory: str | Path) -> str:
-    """The hash DVC records for a folder (``"<md5>.dir"``), computed with DVC's own code."""
-    from dvc_data.hashfile.hash_info import HashInfo
-    from dvc_data.hashfile.meta import Meta
-    from dvc_data.hashfile.tree import Tree
-
-    tree = Tree()
-    for name, md5 in file_md5s(directory).items():
-        size = (Path(directory) / name).stat().st_size
-        tree.add(tuple(name.split("/")), Meta(size=size), HashInfo("md5", md5))
-    tree.digest()
-    return tree.hash_info.value
-
-
-def recorded_hashes(root: str | Path, commit: str, path: str) -> Recorded:
-    """The md5 of every file of ``path`` as DVC recorded them at ``commit``.
-
-    Raises:
-        RegistryError: ``path`` is not tracked by DVC at that commit, or its ``.dir``
-            manifest is in neither the cache nor the remote.
-    """
-    from dvc.api import DVCFileSystem
-
-    entry = lock_entry(root, commit, path)
-    if entry is None:
-        raise RegistryError(f"{path} is not a DVC output in dvc.lock at {commit[:12]}")
-    try:
-        fs = DVCFileSystem(str(root), rev=commit)
-        found = fs.find(path, detail=True)
-    except Exception as error:  # DVC raises many types; all mean "cannot read the record"
-        raise RegistryError(
-            f"cannot read DVC's record of {path} at {commit[:12]} (is it in neither the DVC "
-            f"cache nor the remote?): {error}"
-        ) from error
-    files = {
-        Path(name).relative_to(path).as_posix(): info["md5"]
-        for name, info in found.items()
-        if info.get("md5")
-    }
-    if not files:
-        raise RegistryError(f"DVC records no files under {path} at {commit[:12]}")
-    tree_md5 = entry.get("md5") if str(entry["path"]).rstrip("/") == path else None
-    return Recorded(path=path, files=files, tree_md5=tree_md5)
 
 
 def integrity_problems(directory: str | Path, recorded: Recorded) -> list[str]:
@@ -144,38 +73,6 @@ def integrity_problems(directory: str | Path, recorded: Recorded) -> list[str]:
     if not problems:
         problems += verify_files(directory)  # the artifact's own provenance hashes
     return problems
-
-
-def missing_from_cache(root: str | Path, commit: str, path: str) -> list[str]:
-    """Files of ``path`` at ``commit`` whose bytes the local DVC cache does not hold."""
-    from dvc.repo import Repo
-
-    recorded = recorded_hashes(root, commit, path)
-    with Repo(str(root)) as repo:
-        odb = repo.cache.local
-        return [name for name, md5 in recorded.files.items() if not odb.exists(md5)]
-
-
-def push_artifact(root: str | Path, commit: str, path: str) -> int:
-    """``dvc push`` the artifact's bytes at ``commit`` to the default remote.
-
-    Returns the number of files sent (0 when there is no remote: a warning says what that
-    costs).
-    """
-    from dvc.config import NoRemoteError
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        try:
-            sent = repo.push(targets=[path], revs=[commit], workspace=False)
-        except NoRemoteError:
-            log.warning("no DVC remote: %s stays in the local cache only", path)
-            return 0
-        except DvcException as error:
-            raise RegistryError(f"dvc push {path} at {commit[:12]} failed: {error}") from error
-    log.info("pushed %s at %s to the DVC remote (%d file(s) sent)", path, commit[:12], sent)
-    return sent
 
 
 def materialize(

@@ -1,0 +1,48 @@
+"""The train stage: fit the classifier on the data stage's splits and export it.
+
+Top of the training layers, read one way down: stage (this module) -> job
+(:mod:`maas.training.job`, one process per task) -> worker (:mod:`maas.training.worker`, one
+training process's I/O) -> fit (:mod:`maas.training.fit`, the model and ``model.fit``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from maas.config import Paths, TrainParams
+from maas.training import distributed
+from maas.training.job import run_local_job, time_to_start
+from maas.training.worker import train_and_export
+
+
+def run(
+    params: TrainParams,
+    paths: Paths,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    progress: bool = True,
+    backup_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The train stage: fit on the data stage's outputs, export to ``models/classifier``.
+
+    ``train.distribute.strategy`` decides how: ``one_device`` and ``mirrored`` train in this
+    process; ``multi_worker`` and ``parameter_server`` launch one process per task on this
+    machine (:func:`maas.training.job.run_local_job`) and wait for them. A run interrupted
+    before the end resumes from its last finished epoch when started again.
+    Returns the training summary that is also stored in the model's provenance.
+    """
+    name = params.distribute.strategy
+    if strategy is None and name in distributed.LAUNCHED_STRATEGIES:
+        return run_local_job(params, paths, backup_dir=backup_dir)
+    started = time.time()
+    if strategy is None:
+        strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
+    summary, _ = train_and_export(
+        params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir
+    )
+    summary.update(time_to_start(summary, since=started))
+    return summary
