@@ -272,7 +272,7 @@ def main() -> int:
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]
         command += ["--engine", "ray", "--address", cluster.address, "--port", str(PORT)]
         command += ["--poll-interval", "0.5", "--replica-cpus", "0.5", "--max-batch-size", "8"]
-        command += ["--ensemble", "both=news,news2"]
+        command += ["--ensemble", "both=news,news2", "--max-replicas-per-node", "1"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)

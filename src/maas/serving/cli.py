@@ -147,6 +147,12 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         "--replica-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)"
     )
     ray.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")
+    ray.add_argument(
+        "--max-replicas-per-node",
+        type=int,
+        metavar="N",
+        help="at most N replicas of a version per node (1: spread over the nodes)",
+    )
     defaults = Scaling()
     ray.add_argument(
         "--min-replicas",
@@ -189,6 +195,7 @@ def ray_options(args: argparse.Namespace):  # -> RayOptions (imported lazily: Ra
         object_store_bytes=args.object_store_mb * 1024**2,
         replica_cpus=args.replica_cpus,
         ingress_replicas=args.ingress_replicas,
+        max_replicas_per_node=args.max_replicas_per_node,
         scaling=Scaling(
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,

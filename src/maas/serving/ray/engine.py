@@ -60,6 +60,7 @@ class RayOptions:
     replica_cpus: float = 1.0  # CPUs each model replica reserves
     scaling: Scaling = field(default_factory=Scaling)  # models without `scaling:` in config
     ingress_replicas: int = 1
+    max_replicas_per_node: int | None = None  # 1: every replica of a version on its own node
     deploy_timeout_s: float = 180.0  # a version not answering by then failed to load
     drain_s: float = 3.0  # unrouted -> deleted: in-flight requests finish meanwhile
     ensembles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> members
@@ -252,6 +253,9 @@ class RayController:
         from ray import serve
 
         batch = self.config.max_batch_size if self.config.batching else 0
+        per_node = {}
+        if self.options.max_replicas_per_node:
+            per_node["max_replicas_per_node"] = self.options.max_replicas_per_node
         return serve.deployment(
             ModelVersion,
             name="ModelVersion",
@@ -259,6 +263,7 @@ class RayController:
             autoscaling_config=autoscaling_config(scaling),
             max_ongoing_requests=max(2 * max(batch, 1), int(4 * scaling.target_ongoing_requests)),
             max_constructor_retry_count=2,  # a corrupt artifact fails fast, not 20 times
+            **per_node,
             health_check_period_s=2.0,
             graceful_shutdown_timeout_s=10.0,
         )
