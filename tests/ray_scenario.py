@@ -226,7 +226,12 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     time.sleep(2)
     node_killed_at = time.time()
     cluster.kill_node(1)
-    time.sleep(12)
+    gauges = []
+    prefix = 'maas_replicas{model="news"'
+    for _ in range(40):  # the replicas gauge on /metrics while Ray notices and reacts
+        time.sleep(0.5)
+        text = httpx.get(f"{URL}/metrics", timeout=30).text
+        gauges += [line for line in text.splitlines() if line.startswith(prefix)]
     after_node = observer.replicas(app)
     loaded = load.stop()
     metrics = httpx.get(f"{URL}/metrics", timeout=30).text
@@ -234,6 +239,7 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
         "spread": spread, "victim": victim, "killed_at": killed_at, "back": back,
         "node_killed_at": node_killed_at, "after_node": after_node, "load": loaded,
         "retries": [line for line in metrics.splitlines() if line.startswith("maas_backend")],
+        "replica_gauges": gauges,
     }  # fmt: skip
 
 

@@ -80,6 +80,12 @@ class Metrics:
             ["model", "version", "error"],
             registry=self.registry,
         )
+        self.replicas = Gauge(
+            "maas_replicas",
+            "Running replicas of each served version (the Ray engine)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self._gauge_models: set[str] = set()
 
     def set_model_gauges(self, counts: dict[str, tuple[int, int]]) -> None:

@@ -222,7 +222,8 @@ class RayController:
 
     def publish(self) -> None:
         models, polls = self.repository.snapshot()
-        snapshot = {name: _model_snapshot(state) for name, state in models.items()}
+        running = running_replicas()
+        snapshot = {name: _model_snapshot(state, running) for name, state in models.items()}
         snapshot.update(self._ensembles)
         if snapshot != self._published:
             import ray
@@ -345,7 +346,22 @@ def _info(app: str) -> dict[str, Any]:
     return serve.get_app_handle(app).info.remote().result(timeout_s=60)
 
 
-def _model_snapshot(state) -> ModelSnapshot:
+def running_replicas() -> dict[str, int]:
+    """``{application: running replicas}`` (a lost replica or node shows here at once)."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception as error:  # the Serve controller restarting: no numbers this time
+        log.warning("cannot read replica counts: %s", error)
+        return {}
+    return {
+        name: sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+        for name, app in applications.items()
+    }
+
+
+def _model_snapshot(state, running: dict[str, int]) -> ModelSnapshot:
     served = {
         version: ServedVersion(
             app=loaded.runtime.app,
@@ -358,7 +374,8 @@ def _model_snapshot(state) -> ModelSnapshot:
         for version, loaded in state.served.items()
     }
     status = tuple(sorted(state.status.values(), key=lambda s: -s.version))
-    return ModelSnapshot(state.config, state.config_error, status, served)
+    replicas = {v: running.get(info.app, 0) for v, info in served.items()}
+    return ModelSnapshot(state.config, state.config_error, status, served, replicas)
 
 
 def wait_running(app: str, timeout: float) -> None:

@@ -53,6 +53,7 @@ class ModelSnapshot:
     config_error: str
     status: tuple[VersionStatus, ...]
     served: dict[int, ServedVersion] = field(default_factory=dict)
+    replicas: dict[int, int] = field(default_factory=dict)  # running, per served version
 
 
 class RoutingTable:
@@ -147,6 +148,10 @@ class RayDataPlane(ServedModels):
         apps = {info.app for model in models.values() for info in model.served.values()}
         self._predictors = {app: p for app, p in self._predictors.items() if app in apps}
         self.install(states, polls)
+        self.metrics.replicas.clear()
+        for name, model in models.items():
+            for version, count in model.replicas.items():
+                self.metrics.replicas.labels(name, str(version)).set(count)
 
     def _loaded(self, model: str, version: int, info: ServedVersion) -> LoadedVersion:
         predictor = self._predictors.get(info.app)
