@@ -403,11 +403,11 @@ def main() -> int:
         return subprocess.call([str(PRIVATE_NETWORK), sys.executable, *sys.argv], env=env)
     args.artifact = args.artifact.resolve()
     requests = requests_for(sample_texts())
-    with tempfile.TemporaryDirectory(prefix="maas-scale-") as tmp:
-        work = Path(tmp)
-        rows, rollback = local_rows(args, requests, work)
-        ray, extra = ray_rows(args, requests, work)
-        extra["rollback_local"] = rollback
+    work = Path(tempfile.mkdtemp(prefix="maas-scale-"))  # kept, with the logs, on failure
+    rows, rollback = local_rows(args, requests, work)
+    ray, extra = ray_rows(args, requests, work)
+    extra["rollback_local"] = rollback
+    shutil.rmtree(work, ignore_errors=True)
     rows += ray
     extra["projection"] = projection(rows)
     record = {
