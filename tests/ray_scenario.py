@@ -228,7 +228,7 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     cluster.kill_node(1)
     gauges = []
     prefix = 'maas_replicas{model="news"'
-    for _ in range(40):  # the replicas gauge on /metrics while Ray notices and reacts
+    for _ in range(60):  # the replicas gauge on /metrics while Ray notices and reacts
         time.sleep(0.5)
         text = httpx.get(f"{URL}/metrics", timeout=30).text
         gauges += [line for line in text.splitlines() if line.startswith(prefix)]

@@ -266,6 +266,7 @@ class RayController:
             max_constructor_retry_count=2,  # a corrupt artifact fails fast, not 20 times
             **per_node,
             health_check_period_s=2.0,
+            health_check_timeout_s=5.0,  # a replica lost with its node is replaced sooner
             graceful_shutdown_timeout_s=10.0,
         )
 
