@@ -7,11 +7,12 @@ import threading
 import time
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from serving_support import tflite_artifact
 
 from maas.serving.app import ServerConfig, create_app
-from maas.serving.layout import ModelConfig, Scaling, publish_version
+from maas.serving.layout import ModelConfig, Scaling, pin_version, publish_version
 from maas.serving.repository import AVAILABLE, END, ModelRepository
 
 
@@ -45,6 +46,19 @@ def test_config_parses_keep_previous_and_scaling():
     ]:
         with pytest.raises(ValueError, match=words):
             ModelConfig.parse(raw, where="m/config.yaml")
+
+
+def test_a_promotion_keeps_keep_previous_and_scaling(tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(
+        "version_policy: specific\nversions: [1]\nkeep_previous: 1\nscaling: {max_replicas: 3}\n"
+    )
+    pin_version(model_dir, 2, label="prod")
+    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
+    config = ModelConfig.parse(raw, where="m/config.yaml")
+    assert config.versions == (2,) and dict(config.labels) == {"prod": 2}
+    assert config.keep_previous == 1 and config.scaling.max_replicas == 3
 
 
 def test_a_rollback_to_a_warm_version_is_a_swap(tmp_path, lite):
