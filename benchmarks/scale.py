@@ -400,7 +400,8 @@ def main() -> int:
     args = parser.parse_args()
     if os.environ.get(INSIDE) != "1":
         env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
-        return subprocess.call([str(PRIVATE_NETWORK), sys.executable, *sys.argv], env=env)
+        command = [str(PRIVATE_NETWORK), sys.executable, str(Path(__file__).resolve())]
+        return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
     args.artifact = args.artifact.resolve()
     requests = requests_for(sample_texts())
     work = Path(tempfile.mkdtemp(prefix="maas-scale-"))  # kept, with the logs, on failure
