@@ -79,25 +79,33 @@ def role(process) -> str:
     return "ray system"
 
 
-def cpu_by_role(processes: list) -> dict[str, float]:
-    totals: dict[str, float] = {}
+def cpu_seconds(processes: list) -> dict[int, tuple[str, float]]:
+    """``{pid: (role, user + system seconds)}`` of the processes still alive."""
+    found = {}
     for process in processes:
         try:
             times = process.cpu_times()
-        except Exception:
+        except Exception:  # exited meanwhile
             continue
-        key = role(process)
-        totals[key] = totals.get(key, 0.0) + times.user + times.system
+        found[process.pid] = (role(process), times.user + times.system)
+    return found
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two readings, by role (processes alive at both)."""
+    totals: dict[str, float] = {}
+    for pid, (key, seconds) in after.items():
+        if pid in before:
+            totals[key] = totals.get(key, 0.0) + seconds - before[pid][1]
     return totals
 
 
 def measure(name: str, port: int, roots: list[int], requests, clients: int, args) -> dict:
     asyncio.run(load(port, requests, clients, args.warmup))
     processes = process_tree(roots)
-    before = cpu_by_role(processes)
+    before = cpu_seconds(processes)
     result = asyncio.run(load(port, requests, clients, args.duration))
-    after = cpu_by_role(processes)
-    cpu = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    cpu = cpu_by_role(before, cpu_seconds(processes))
     answered = max(result["requests"] - result["errors"], 1)
     row = {
         "server": name,
