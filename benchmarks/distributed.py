@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from maas.provenance import git_revision, read_json, write_json
+from maas.reporting import markdown_table
 
-from maas.provenance import git_revision, read_json, write_json  # noqa: E402
-from maas.reporting import markdown_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CATEGORIES = ["rec.autos", "sci.space", "talk.politics.guns", "comp.graphics"]
 # name -> (strategy, units, extra flags); units: replicas or workers, for the efficiency.

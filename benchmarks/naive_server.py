@@ -14,12 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import maas  # noqa: F401  (Keras 2 before TensorFlow)
+from maas.export import load_keras_model
+from maas.tokenizer import Tokenizer
 
-import maas  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from maas.export import load_keras_model  # noqa: E402
-from maas.tokenizer import Tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def create_app(classifier: Path):

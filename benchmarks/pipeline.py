@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from maas.provenance import git_revision, write_json
+from maas.reporting import markdown_table
 
-from maas.provenance import git_revision, write_json  # noqa: E402
-from maas.reporting import markdown_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = ("data", "train", "evaluate")
 TARGET_SECONDS = 15 * 60
@@ -59,8 +58,11 @@ def main() -> int:
     rows = [{"stage": s, "seconds": t} for s, t in seconds.items()]
     rows.append({"stage": "total", "seconds": result["total_seconds"]})
     scores = [
-        {"model": name, "accuracy": evaluation[name]["accuracy"],
-         "macro_f1": evaluation[name]["macro_f1"]}
+        {
+            "model": name,
+            "accuracy": evaluation[name]["accuracy"],
+            "macro_f1": evaluation[name]["macro_f1"],
+        }
         for name in ("model", "baseline")
     ]
     text = (

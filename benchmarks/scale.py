@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the load generator of benchmarks/serving.py
 
-from serving import Server, free_port, load, requests_for, sample_texts  # noqa: E402
+from serving import Server, load, requests_for, sample_texts  # noqa: E402
 
+from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
 from maas.reporting import markdown_table  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402

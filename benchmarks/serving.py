@@ -25,7 +25,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,11 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import maas  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from maas.provenance import (  # noqa: E402
+import maas  # noqa: F401  (Keras 2 before TensorFlow)
+from maas.ports import free_port
+from maas.provenance import (
     PROVENANCE_FILE,
     atomic_dir,
     build_provenance,
@@ -46,7 +43,9 @@ from maas.provenance import (  # noqa: E402
     git_revision,
     write_json,
 )
-from maas.reporting import markdown_table  # noqa: E402
+from maas.reporting import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FALLBACK_TEXTS = [
     "The shuttle launch was delayed again; NASA says the heat shield needs work.",
@@ -54,12 +53,6 @@ FALLBACK_TEXTS = [
     "The senate bill would require background checks for every private gun sale.",
 ]
 TARGET_SPEEDUP = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample_texts(limit: int = 200) -> list[str]:

@@ -23,28 +23,9 @@ if "SCIKIT_LEARN_DATA" not in os.environ and SHARED_CORPUS.is_dir():
 
 import maas  # noqa: E402,F401  (selects Keras 2 before any test imports TensorFlow)
 
-SMALL_OVERRIDES = {
-    "data": {
-        "categories": ["rec.autos", "sci.space", "talk.politics.guns"],
-        "max_documents_per_class": 60,
-        "vocabulary_size": 2000,
-        "sequence_length": 64,
-    },
-    "train": {"embedding_dim": 16, "lstm_units": 8, "epochs": 2, "batch_size": 32},
-    # A few variants, briefly fine-tuned and timed: the full list runs in test_compress_stage.
-    "compress": {
-        "variants": ["float32", "int8", "distilled", "onnx"],
-        "representative_examples": 16,
-        "prune": {"epochs": 2, "ramp_epochs": 1, "frequency": 1},
-        "distill": {"epochs": 3},
-        "benchmark": {
-            "latency_examples": 5,
-            "throughput_batches": 1,
-            "warmup": 1,
-            "check_examples": 8,
-        },
-    },
-}
+# The small parameter set: tests/small-params.yaml, applied on top of params.yaml (the rollback
+# benchmark reads the same file).
+SMALL_OVERRIDES = yaml.safe_load((ROOT / "tests" / "small-params.yaml").read_text())
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -89,5 +70,5 @@ def small_project(tmp_path_factory, corpus_available) -> Path:
     params = config.load_params(root / "params.yaml")
     paths = config.project_paths(root / "params.yaml")
     data.run(params.data, paths)
-    stage.run(params.train, paths, progress=False)
+    stage.run(params.train, paths, settings=params.settings.train, progress=False)
     return root

@@ -8,7 +8,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from maas.ports import free_port
 from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +129,6 @@ def make_certificates(directory: Path) -> dict[str, Path]:
         )
     )
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

@@ -43,8 +43,8 @@ EVERY_VARIANT = {
         },
         # A student smaller than the tiny teacher, as the full-size one is (embedding 24 vs 128).
         "distill": {"epochs": 3, "embedding_dim": 4},
-        "benchmark": {"latency_examples": 5, "throughput_batches": 1, "warmup": 1},
-    }
+    },
+    "settings": {"compress": {"latency_examples": 5, "throughput_batches": 1, "warmup": 1}},
 }
 
 
@@ -205,14 +205,17 @@ def test_sizes_shrink_where_the_technique_says(compressed):
 
 
 def small_copy(small_project: Path, tmp_path: Path, **compress) -> Path:
-    overrides = {"compress": {"benchmark": {"latency_examples": 2, "throughput_batches": 1}}}
-    overrides["compress"].update(compress)
+    overrides = {
+        "compress": compress,
+        "settings": {"compress": {"latency_examples": 2, "throughput_batches": 1}},
+    }
     return copy_project(small_project, tmp_path / "project", overrides)
 
 
 def run_stage(root: Path, overrides: dict | None = None) -> dict:
     params = config.load_params(root / "params.yaml", overrides)
-    return stage.run(params.compress, config.project_paths(root / "params.yaml"))
+    paths = config.project_paths(root / "params.yaml")
+    return stage.run(params.compress, paths, settings=params.settings.compress)
 
 
 def test_missing_teacher_is_a_clear_error_and_writes_nothing(small_project, tmp_path):

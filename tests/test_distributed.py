@@ -18,6 +18,7 @@ import yaml
 from conftest import small_params_dict
 
 from maas import cli
+from maas.ports import free_port, free_ports
 from maas.training import cli as training_cli
 from maas.training import distributed, launcher
 
@@ -92,7 +93,7 @@ def test_cluster_must_fit_the_strategy():
 
 
 def test_local_cluster_on_free_loopback_ports():
-    ports = distributed.free_ports(5)
+    ports = free_ports(5)
     assert len(set(ports)) == 5
     cluster = distributed.local_cluster(
         "parameter_server", workers=2, parameter_servers=2, ports=ports
@@ -219,7 +220,7 @@ def test_no_hang_when_the_job_never_starts_or_never_ends(tmp_path):
 
 
 def test_services_start_first_and_are_stopped_with_their_children(tmp_path):
-    port = distributed.free_ports(1)[0]
+    port = free_port()
     server = f"""
         import socket, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

@@ -54,7 +54,7 @@ def project(tmp_path_factory, corpus_available):
         batch_size=32,
         early_stopping_patience=4,
     )
-    raw["train"]["distribute"].update(startup_timeout_s=240, timeout_s=480)
+    raw["settings"]["train"].update(startup_timeout_s=240, timeout_s=480)
     root = write_project(tmp_path_factory.mktemp("distributed"), raw)
     params = config.load_params(root / "params.yaml")
     data.run(params.data, config.project_paths(root / "params.yaml"))
@@ -65,6 +65,10 @@ def load(root, **distribute) -> tuple[config.TrainParams, config.Paths]:
     overrides = {f"train.distribute.{key}": value for key, value in distribute.items()}
     params = config.load_params(root / "params.yaml", overrides)
     return params.train, config.project_paths(root / "params.yaml")
+
+
+def settings(root) -> config.TrainSettings:
+    return config.load_params(root / "params.yaml").settings.train
 
 
 def run_folders() -> set[str]:
@@ -81,7 +85,7 @@ def two_workers(project):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tempfile, "tempdir", str(private))
         patch.setenv("TMPDIR", str(private))
-        summary = stage.run(params, paths)
+        summary = stage.run(params, paths, settings=settings(project))
         assert run_folders() == set()  # the run folder (workers' results, logs) is gone
     return summary, read_json(paths.classifier_dir / "history.json")
 
@@ -128,13 +132,15 @@ def test_killed_worker_job_resumes_from_its_backup(project, two_workers, tmp_pat
 
     def first_run() -> None:
         try:
-            job.run_local_job(params, paths, backup_dir=backup, run_dir=run_dir)
+            job.run_local_job(
+                params, paths, settings=settings(project), backup_dir=backup, run_dir=run_dir
+            )
         except BaseException as error:  # noqa: BLE001  (handed to the test thread)
             failure.append(error)
 
     thread = threading.Thread(target=first_run)
     thread.start()
-    deadline = time.monotonic() + params.distribute.startup_timeout_s
+    deadline = time.monotonic() + settings(project).startup_timeout_s
     while not list(backup.rglob("checkpoint")):  # the first epoch has been backed up
         assert thread.is_alive() and time.monotonic() < deadline, "no backup was written"
         time.sleep(0.05)
@@ -146,7 +152,7 @@ def test_killed_worker_job_resumes_from_its_backup(project, two_workers, tmp_pat
     assert "worker-1 was killed by SIGKILL" in str(failure[0])
     assert not any(distributed_alive(pid) for pid in pids.values())  # no process left behind
 
-    resumed = stage.run(params, paths, backup_dir=backup)
+    resumed = stage.run(params, paths, settings=settings(project), backup_dir=backup)
     assert resumed["resumed_from_epoch"] >= 1  # not from epoch 0
     history = read_json(paths.classifier_dir / "history.json")
     assert len(history["loss"]) == params.epochs  # the curves cover every epoch
@@ -167,7 +173,7 @@ def distributed_alive(pid: int) -> bool:
 
 def test_parameter_servers_hold_the_embedding_in_shards(project):
     params, paths = load(project, strategy="parameter_server", workers=2, parameter_servers=2)
-    summary = stage.run(params, paths)
+    summary = stage.run(params, paths, settings=settings(project))
     shards = summary["embedding_shards"]
     assert len(shards) == params.distribute.parameter_servers
     assert {shard["device"].split("/device")[0] for shard in shards} == {

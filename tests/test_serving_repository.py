@@ -126,7 +126,7 @@ def test_hot_reload_follows_the_contract(tmp_path, lite, saved_model):
     repository.poll()
     assert repository.resolve("m").version == 3 and len(calls) == 1
 
-    # Rollback as issue 6 does it: config.yaml pins a version and names labels.
+    # Rollback as `maas models rollback` does it: config.yaml pins a version and names labels.
     (root / "m" / "config.yaml").write_text(
         "version_policy: specific\nversions: [2]\nlabels: {stable: 2}\n"
     )

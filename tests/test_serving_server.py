@@ -98,7 +98,7 @@ def test_https_api_keys_all_protocols_and_hot_reload(tmp_path, small_project, li
             assert "hash" in version_state(client, 3)[1]
             assert served_version(client) == "2"
             assert client.post("/predict", json={"texts": TEXTS}).status_code == 200
-            # Rollback (issue 6): config.yaml pins version 1.
+            # Rollback (`maas models rollback`): config.yaml pins version 1.
             (root / "classifier" / "config.yaml").write_text(
                 "version_policy: specific\nversions: [1]\nlabels: {stable: 1}\n"
             )

@@ -22,11 +22,11 @@ def test_serve_notebook_builds_the_repository_and_probes_every_protocol(
     project = tmp_path / "project"
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
     shutil.copytree(small_project / "models" / "classifier", project / "models" / "classifier")
-    # A compressed variant as issue 4 writes them, and one listed that does not exist.
+    # A compressed variant as the compress stage writes them, and one listed that does not exist.
     lite = tflite_artifact(small_project / "models" / "classifier", tmp_path_factory)
     shutil.copytree(lite, project / "models" / "compressed" / "float32")
     params = yaml.safe_load((small_project / "params.yaml").read_text())
-    params["serve"] = {**params["serve"], "latency_requests": 5}
+    params["settings"]["serve"] = {**params["settings"]["serve"], "latency_requests": 5}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "reports" / "notebooks").mkdir(parents=True)
 
@@ -68,3 +68,32 @@ def test_serving_imports_no_training_code():
     training = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)]
     assert sorted(set(training) - parser_only) == []
     assert "maas.serving.app" in loaded
+
+
+def test_seed_api_answers_with_the_classifier_on_the_pipelines_own_repository(
+    small_project, tmp_path, tmp_path_factory
+):
+    """The seed's body, no model named, no --default-model: the pipeline's classifier
+    answers, although the repository serves its variants too."""
+    from fastapi.testclient import TestClient
+
+    from maas import config
+    from maas.serving import stage
+    from maas.serving.app import ServerConfig, create_app
+    from maas.serving.layout import build_repository
+
+    paths = config.Paths(tmp_path / "project")
+    shutil.copytree(small_project / "models" / "classifier", paths.classifier_dir)
+    lite = tflite_artifact(small_project / "models" / "classifier", tmp_path_factory)
+    shutil.copytree(lite, paths.compressed_dir / "float32")
+    params = config.load_params(small_project / "params.yaml")
+    sources = stage.repository_sources(params.serve, paths)
+    repository = tmp_path / "repository"
+    assert sorted(build_repository(sources, repository)) == ["classifier", "classifier-float32"]
+    app = create_app(ServerConfig(repository, poll_interval_s=0, batching=False))
+    with TestClient(app) as client:
+        answer = client.post("/predict", json={"text": "The shuttle launch was delayed."})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "classifier"
+        named = client.post("/predict", json={"text": "x", "model": "classifier-float32"})
+        assert named.status_code == 200 and named.json()["model"] == "classifier-float32"

@@ -1,9 +1,12 @@
 """Typed, frozen configuration read from ``params.yaml``: the one home of every parameter.
 
-``params.yaml`` has one section per pipeline stage. :func:`load_params` reads it into the
-frozen dataclasses below and rejects unknown, missing or ill-typed keys with a message that
-names the key (``train.batch_size: expected an integer, got 'big'``). Defaults live in
-``params.yaml`` only: the dataclasses have no default values on purpose.
+``params.yaml`` has one section per pipeline stage, of parameters that change results (the
+stages declare them as DVC ``params``), and a ``settings`` section of run settings that do
+not: time-outs and how much to measure (:class:`Settings`), so that changing one re-runs
+nothing. :func:`load_params` reads both into the frozen dataclasses below and rejects
+unknown, missing or ill-typed keys with a message that names the key
+(``train.batch_size: expected an integer, got 'big'``). Defaults live in ``params.yaml``
+only: the dataclasses have no default values on purpose.
 
 Paths are not parameters: :class:`Paths` derives every file location from the project root
 (the folder that holds ``params.yaml``), so notebooks run the same from ``notebooks/`` in
@@ -22,12 +25,15 @@ from typing import Any, Literal
 
 import yaml
 
+from maas.tokenizer import TOKENIZER_FILE
+
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
-# Compression variants (issue 4), each a folder models/compressed/<name>. Teacher TFLite forms:
-# float32 reference, dynamic-range int8, float16, full-integer int8, quantization-aware int8;
-# the pruned model (Keras) and its TFLite float32 and int8 forms; the distilled student (Keras)
-# and its TFLite forms; the same student trained from scratch (the control); the teacher in ONNX.
+# Compression variants (README "Compression"), each a folder models/compressed/<name>.
+# Teacher TFLite forms: float32 reference, dynamic-range int8, float16, full-integer int8,
+# quantization-aware int8; the pruned model (Keras) and its TFLite float32 and int8 forms; the
+# distilled student (Keras) and its TFLite forms; the same student trained from scratch (the
+# control); the teacher in ONNX.
 COMPRESSION_VARIANTS = (
     "float32",
     "dynamic_int8",
@@ -78,19 +84,11 @@ class DistributeParams:
     replicas: int  # mirrored: devices (logical CPU devices when there is no GPU)
     workers: int  # multi_worker and parameter_server: worker processes
     parameter_servers: int  # parameter_server: ps tasks that hold the embedding shards
-    startup_timeout_s: int  # local jobs: the first training step must come within this
-    timeout_s: int  # local jobs: the whole training must end within this
 
     def __post_init__(self) -> None:
         _check(self.replicas >= 1, "train.distribute.replicas", ">= 1")
         _check(self.workers >= 1, "train.distribute.workers", ">= 1")
         _check(self.parameter_servers >= 1, "train.distribute.parameter_servers", ">= 1")
-        _check(self.startup_timeout_s >= 1, "train.distribute.startup_timeout_s", ">= 1")
-        _check(
-            self.timeout_s >= self.startup_timeout_s,
-            "train.distribute.timeout_s",
-            ">= startup_timeout_s",
-        )
 
 
 @dataclass(frozen=True)
@@ -132,14 +130,10 @@ class ServeParams:
     variants: tuple[str, ...] | None  # models/compressed/<name> to serve; None: every one there
     max_batch_size: int  # dynamic batching of the stage's server
     batch_timeout_ms: float
-    latency_requests: int  # sequential requests per protocol for the latency table
-    startup_timeout_s: float  # the stage fails if the server is not ready within this
 
     def __post_init__(self) -> None:
         _check(self.max_batch_size >= 1, "serve.max_batch_size", ">= 1")
         _check(self.batch_timeout_ms >= 0, "serve.batch_timeout_ms", ">= 0")
-        _check(self.latency_requests >= 1, "serve.latency_requests", ">= 1")
-        _check(self.startup_timeout_s > 0, "serve.startup_timeout_s", "> 0")
 
 
 @dataclass(frozen=True)
@@ -193,18 +187,20 @@ class DistillParams:
 
 
 @dataclass(frozen=True)
-class BenchmarkParams:
-    latency_examples: int  # single-text predictions timed per variant (p50, p99)
-    throughput_batches: int  # batches timed per variant for the throughput
-    throughput_batch_size: int
-    warmup: int  # untimed calls before timing
-    check_examples: int  # test posts on which each reloaded variant must match its in-memory one
+class TargetParams:
+    """What the variants should reach (benchmarks, not tests: a miss is reported, not raised)."""
+
+    quantized_size_ratio: float  # int8, dynamic_int8, qat_int8: float32 TFLite bytes / theirs
+    quantized_accuracy_loss_points: float  # at most, against the float32 TFLite model
+    pruned_gzip_ratio: float  # pruned_float32, pruned_int8: float32 gzip bytes / theirs
+    pruned_accuracy_loss_points: float  # at most, against the float32 TFLite model
+    distilled_parameter_ratio: float  # the teacher's parameters / the student's
+    distilled_accuracy_share: float  # the student's accuracy / the teacher's, at least
+    fastest_speedup: float  # the teacher's Keras p50 latency / the fastest variant's
 
     def __post_init__(self) -> None:
-        for key in ("latency_examples", "throughput_batches", "throughput_batch_size"):
-            _check(getattr(self, key) >= 1, f"compress.benchmark.{key}", ">= 1")
-        _check(self.warmup >= 0, "compress.benchmark.warmup", ">= 0")
-        _check(self.check_examples >= 1, "compress.benchmark.check_examples", ">= 1")
+        for key, value in dataclasses.asdict(self).items():
+            _check(value >= 0, f"compress.targets.{key}", ">= 0")
 
 
 @dataclass(frozen=True)
@@ -216,7 +212,7 @@ class CompressParams:
     qat: QatParams
     prune: PruneParams
     distill: DistillParams
-    benchmark: BenchmarkParams
+    targets: TargetParams
 
     def __post_init__(self) -> None:
         _check(len(self.variants) >= 1, "compress.variants", "a non-empty list")
@@ -232,12 +228,62 @@ class CompressParams:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    startup_timeout_s: int  # local jobs: the first training step must come within this
+    timeout_s: int  # local jobs: the whole training must end within this
+
+    def __post_init__(self) -> None:
+        _check(self.startup_timeout_s >= 1, "settings.train.startup_timeout_s", ">= 1")
+        _check(
+            self.timeout_s >= self.startup_timeout_s,
+            "settings.train.timeout_s",
+            ">= startup_timeout_s",
+        )
+
+
+@dataclass(frozen=True)
+class CompressSettings:
+    latency_examples: int  # single-text predictions timed per variant (p50, p99)
+    throughput_batches: int  # batches timed per variant for the throughput
+    throughput_batch_size: int
+    warmup: int  # untimed calls before timing
+    check_examples: int  # test posts on which each reloaded variant must match its in-memory one
+
+    def __post_init__(self) -> None:
+        for key in ("latency_examples", "throughput_batches", "throughput_batch_size"):
+            _check(getattr(self, key) >= 1, f"settings.compress.{key}", ">= 1")
+        _check(self.warmup >= 0, "settings.compress.warmup", ">= 0")
+        _check(self.check_examples >= 1, "settings.compress.check_examples", ">= 1")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    latency_requests: int  # sequential requests per protocol for the latency table
+    startup_timeout_s: float  # the stage fails if the server is not ready within this
+
+    def __post_init__(self) -> None:
+        _check(self.latency_requests >= 1, "settings.serve.latency_requests", ">= 1")
+        _check(self.startup_timeout_s > 0, "settings.serve.startup_timeout_s", "> 0")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings: how long to wait and how much to measure. No stage declares them as DVC
+    ``params``, so changing one re-runs nothing."""
+
+    train: TrainSettings
+    compress: CompressSettings
+    serve: ServeSettings
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     train: TrainParams
     evaluate: EvaluateParams
     serve: ServeParams
     compress: CompressParams
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -259,7 +305,7 @@ class Paths:
 
     @property
     def tokenizer(self) -> Path:
-        return self.processed_dir / "tokenizer.json"
+        return self.processed_dir / TOKENIZER_FILE
 
     @property
     def models_dir(self) -> Path:

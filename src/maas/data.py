@@ -24,7 +24,7 @@ import numpy as np
 
 from maas.config import DataParams, Paths, to_dict
 from maas.provenance import atomic_dir, build_provenance, write_json
-from maas.tokenizer import Tokenizer, split_tokens
+from maas.tokenizer import TOKENIZER_FILE, Tokenizer, split_tokens
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def corpus_help(data_home: str | os.PathLike | None) -> str:
         "The 20 Newsgroups corpus is not available: it is not cached in "
         f"{where} and could not be downloaded. Either connect to the internet once "
         "(scikit-learn downloads 14 MB and caches it), or copy scikit-learn's cache file "
-        f"{CACHE_FILE} into a folder and point SCIKIT_LEARN_DATA at it, e.g. "
-        "`export SCIKIT_LEARN_DATA=$(cd ../shared/data/scikit_learn_data && pwd)`."
+        f"{CACHE_FILE} into a folder and point SCIKIT_LEARN_DATA at it: "
+        "`export SCIKIT_LEARN_DATA=/path/to/that/folder`."
     )
 
 
@@ -204,7 +204,7 @@ def run(params: DataParams, paths: Paths, *, data_home: str | None = None) -> di
     with atomic_dir(paths.processed_dir) as out:
         for name, split in splits.items():
             save_split(split, out / f"{name}.jsonl")
-        tokenizer.save(out / "tokenizer.json")
+        tokenizer.save(out / TOKENIZER_FILE)
         record = build_provenance(
             stage="data",
             params=to_dict(params),

@@ -24,11 +24,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
-from maas.tokenizer import PAD_ID, UNK_ID, Tokenizer
+from maas.tokenizer import PAD_ID, TOKENIZER_FILE, UNK_ID, Tokenizer
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
-TOKENIZER_FILE = "tokenizer.json"
 HISTORY_FILE = "history.json"
 
 

@@ -24,12 +24,18 @@ from typing import Any
 PROVENANCE_FILE = "provenance.json"
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes, read in chunks (``algorithm``: a :mod:`hashlib` name;
+    provenance uses SHA-256, DVC's records MD5)."""
+    digest = hashlib.new(algorithm)
     with Path(path).open("rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def sha256_tree(path: str | Path) -> str:

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from maas.provenance import PROVENANCE_FILE, read_json, verify_files
-from maas.tokenizer import Tokenizer
+from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
 RUNTIME_FILES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 
 

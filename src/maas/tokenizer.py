@@ -28,6 +28,7 @@ SEPARATOR = re.compile(r"[^a-z0-9]+")
 # two implementations agree on every input.
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 FORMAT = "maas-tokenizer/1"
+TOKENIZER_FILE = "tokenizer.json"  # its name in data/processed and in every artifact folder
 
 
 def split_tokens(text: str) -> list[str]:

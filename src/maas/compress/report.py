@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from maas.config import BenchmarkParams
+from maas.config import CompressSettings, TargetParams
 from maas.reporting import markdown_table
 
 Predict = Callable[[Sequence[str]], np.ndarray]
@@ -73,7 +73,7 @@ def _timed(predict: Predict, texts: Sequence[str]) -> float:
 
 
 def benchmark(
-    predictors: Mapping[str, Predict], texts: Sequence[str], params: BenchmarkParams
+    predictors: Mapping[str, Predict], texts: Sequence[str], settings: CompressSettings
 ) -> dict[str, dict[str, float]]:
     """Single-text latency (p50, p99 in ms) and batch throughput of several predictors.
 
@@ -81,16 +81,16 @@ def benchmark(
     batch likewise, so that a busy spell of a shared machine falls on every row alike rather
     than on whichever variant happened to be timed then.
     """
-    timed = list(texts)[: params.latency_examples]
+    timed = list(texts)[: settings.latency_examples]
     for predict in predictors.values():
-        for text in timed[: params.warmup]:
+        for text in timed[: settings.warmup]:
             predict([text])
     seconds: dict[str, list[float]] = {name: [] for name in predictors}
     for text in timed:
         for name, predict in predictors.items():
             seconds[name].append(_timed(predict, [text]))
     chunks = batches(
-        texts, batch_size=params.throughput_batch_size, count=params.throughput_batches
+        texts, batch_size=settings.throughput_batch_size, count=settings.throughput_batches
     )
     for predict in predictors.values():
         predict(chunks[0])  # a first call at this batch size may allocate or trace
@@ -98,7 +98,7 @@ def benchmark(
     for chunk in chunks:
         for name, predict in predictors.items():
             spent[name] += _timed(predict, chunk)
-    posts = params.throughput_batch_size * params.throughput_batches
+    posts = settings.throughput_batch_size * settings.throughput_batches
     results = {}
     for name, samples in seconds.items():
         millis = np.asarray(samples) * 1000.0
@@ -132,61 +132,93 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(display_rows(rows), list(TABLE_COLUMNS.values()))
 
 
-def targets(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The issue's benchmark targets, measured: ratios, losses in points, and whether met.
+def targets(rows: Mapping[str, Mapping[str, Any]], goals: TargetParams) -> dict[str, Any]:
+    """The benchmark targets (``compress.targets``), measured: ratios, losses in points, the
+    goal beside each, and whether it is met.
 
     ``rows`` maps variant names (and ``teacher_keras``) to their measured rows; targets whose
     variants were not built are left out.
     """
     out: dict[str, Any] = {}
-    teacher = rows["teacher_keras"]
     reference = rows.get("float32")
-
-    def points(name: str, base: Mapping[str, Any]) -> float:
-        return round(100.0 * (base["accuracy"] - rows[name]["accuracy"]), 3)
-
     if reference:
         for name in ("int8", "dynamic_int8", "qat_int8"):
             if name in rows:
-                ratio = reference["file_bytes"] / rows[name]["file_bytes"]
-                loss = points(name, reference)
-                out[name] = {
-                    "size_ratio_vs_float32": round(ratio, 3),
-                    "accuracy_loss_points": loss,
-                    "met": bool(ratio >= 3.5 and loss <= 1.0),
-                }
+                out[name] = _quantized(rows[name], reference, goals)
         for name in ("pruned_float32", "pruned_int8"):
             if name in rows:
-                ratio = reference["gzip_bytes"] / rows[name]["gzip_bytes"]
-                loss = points(name, reference)
-                out[name] = {
-                    "gzip_ratio_vs_float32": round(ratio, 3),
-                    "accuracy_loss_points": loss,
-                    "met": bool(ratio >= 3.0 and loss <= 1.5),
-                }
+                out[name] = _pruned(rows[name], reference, goals)
     if "distilled" in rows:
-        student = rows["distilled"]
-        ratio = teacher["parameters"] / student["parameters"]
-        share = student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0
-        gain = None
-        if "scratch" in rows:
-            gain = round(100.0 * (student["accuracy"] - rows["scratch"]["accuracy"]), 3)
-        out["distilled"] = {
-            "parameter_ratio_vs_teacher": round(ratio, 3),
-            "accuracy_share_of_teacher": round(share, 4),
-            "gain_over_scratch_points": gain,
-            "met": bool(ratio >= 5.0 and share >= 0.95 and gain is not None and gain > 0),
-        }
+        out["distilled"] = _distilled(rows, goals)
     variants = {k: v for k, v in rows.items() if not k.startswith("teacher")}
     if variants:
-        fastest = min(variants, key=lambda k: variants[k]["latency_p50_ms"])
-        speedup = teacher["latency_p50_ms"] / variants[fastest]["latency_p50_ms"]
-        out["fastest"] = {
-            "variant": fastest,
-            "speedup_vs_keras_predict": round(speedup, 2),
-            "met": bool(speedup >= 10.0),
-        }
+        out["fastest"] = _fastest(variants, rows["teacher_keras"], goals)
     return out
+
+
+def _points_lost(row: Mapping[str, Any], base: Mapping[str, Any]) -> float:
+    return round(100.0 * (base["accuracy"] - row["accuracy"]), 3)
+
+
+def _quantized(row, reference, goals: TargetParams) -> dict[str, Any]:
+    ratio = reference["file_bytes"] / row["file_bytes"]
+    loss = _points_lost(row, reference)
+    return {
+        "size_ratio_vs_float32": round(ratio, 3),
+        "accuracy_loss_points": loss,
+        "goal": f">= {goals.quantized_size_ratio}x smaller, "
+        f"<= {goals.quantized_accuracy_loss_points} points lost",
+        "met": bool(
+            ratio >= goals.quantized_size_ratio and loss <= goals.quantized_accuracy_loss_points
+        ),
+    }
+
+
+def _pruned(row, reference, goals: TargetParams) -> dict[str, Any]:
+    ratio = reference["gzip_bytes"] / row["gzip_bytes"]
+    loss = _points_lost(row, reference)
+    return {
+        "gzip_ratio_vs_float32": round(ratio, 3),
+        "accuracy_loss_points": loss,
+        "goal": f">= {goals.pruned_gzip_ratio}x smaller gzipped, "
+        f"<= {goals.pruned_accuracy_loss_points} points lost",
+        "met": bool(
+            ratio >= goals.pruned_gzip_ratio and loss <= goals.pruned_accuracy_loss_points
+        ),
+    }
+
+
+def _distilled(rows: Mapping[str, Mapping[str, Any]], goals: TargetParams) -> dict[str, Any]:
+    teacher, student = rows["teacher_keras"], rows["distilled"]
+    ratio = teacher["parameters"] / student["parameters"]
+    share = student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0
+    gain = None
+    if "scratch" in rows:
+        gain = round(100.0 * (student["accuracy"] - rows["scratch"]["accuracy"]), 3)
+    return {
+        "parameter_ratio_vs_teacher": round(ratio, 3),
+        "accuracy_share_of_teacher": round(share, 4),
+        "gain_over_scratch_points": gain,
+        "goal": f">= {goals.distilled_parameter_ratio}x fewer parameters, "
+        f">= {goals.distilled_accuracy_share:.0%} of the teacher's accuracy, better than scratch",
+        "met": bool(
+            ratio >= goals.distilled_parameter_ratio
+            and share >= goals.distilled_accuracy_share
+            and gain is not None
+            and gain > 0
+        ),
+    }
+
+
+def _fastest(variants, teacher, goals: TargetParams) -> dict[str, Any]:
+    fastest = min(variants, key=lambda k: variants[k]["latency_p50_ms"])
+    speedup = teacher["latency_p50_ms"] / variants[fastest]["latency_p50_ms"]
+    return {
+        "variant": fastest,
+        "speedup_vs_keras_predict": round(speedup, 2),
+        "goal": f">= {goals.fastest_speedup}x faster than Keras model.predict (p50)",
+        "met": bool(speedup >= goals.fastest_speedup),
+    }
 
 
 def tradeoff_figure(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -> Figure:

@@ -22,7 +22,14 @@ import numpy as np
 
 from maas.compress import prune, report
 from maas.compress.variants import Inputs, Variant, VariantBuilder, model_path
-from maas.config import COMPRESSION_VARIANTS, CompressParams, Paths, to_dict
+from maas.config import (
+    COMPRESSION_VARIANTS,
+    CompressParams,
+    CompressSettings,
+    Paths,
+    TargetParams,
+    to_dict,
+)
 from maas.data import read_split
 from maas.evaluate import classification_metrics, predict_texts
 from maas.provenance import (
@@ -33,11 +40,10 @@ from maas.provenance import (
     read_json,
     write_json,
 )
-from maas.tokenizer import Tokenizer
+from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
 # Reloaded from disk vs in memory: the same bytes through the same runtime give the same
 # numbers; a SavedModel tokenizes in-graph and may differ in the last float bits.
 ROUNDTRIP_TOLERANCE = 1e-4
@@ -212,67 +218,103 @@ def verify_sparsity(model, params: CompressParams) -> dict[str, float]:
     return pruned
 
 
-def run(params: CompressParams, paths: Paths) -> dict[str, Any]:
-    """The compress stage. Returns the report (rows, targets, sparsity, conversions)."""
-    from maas.runtime import load_runtime
+def run(params: CompressParams, paths: Paths, *, settings: CompressSettings) -> dict[str, Any]:
+    """The compress stage. Returns the report (rows, targets, sparsity, conversions).
 
+    ``settings`` say how many posts to check and time each variant on; they change no
+    variant, accuracy or size.
+    """
     inputs, test = load_inputs(paths)
-    tokenizer, teacher = inputs.tokenizer, inputs.teacher
-    teacher_predict = lambda texts: teacher.predict(tokenizer.encode(texts), verbose=0)  # noqa: E731
-    common = {"test": test, "labels": tokenizer.labels}
-    # The teacher through Keras model.predict: the reference for accuracy and latency.
-    first = evaluate(
-        "teacher_keras", "keras", teacher_predict, **common, teacher_classes=None,
-        model_file=paths.classifier_dir / "model.keras", source=teacher,
-    )  # fmt: skip
-    common["teacher_classes"] = first["_classes"]
-    rows, predictors = [first], {"teacher_keras": teacher_predict}
     builder = VariantBuilder(params, inputs)
-    check_texts = test.texts[: params.benchmark.check_examples]
     details: dict[str, Any] = {"conversions": {}, "round_trip_max_abs_diff": {}}
     with atomic_dir(paths.compressed_dir) as out:
-        served = load_runtime(paths.classifier_dir)
-        rows.append(
-            evaluate(
-                "teacher_saved_model",
-                "saved_model",
-                served.predict,
-                **common,
-                model_file=paths.classifier_dir / "saved_model",
-                source=teacher,
-            )
-        )
-        predictors["teacher_saved_model"] = served.predict
+        rows, predictors = teacher_rows(inputs, test, paths)
+        check_texts = test.texts[: settings.check_examples]
         for name in [n for n in COMPRESSION_VARIANTS if n in params.variants]:
-            started = time.perf_counter()
-            variant = builder.build(name)
-            directory = write_variant(
-                variant, out / name, tokenizer=tokenizer, params=params, paths=paths
-            )
-            if variant.info.get("source") == "pruned":  # verified per layer before it counts
-                details["pruned_sparsity"] = verify_sparsity(variant.source, params)
-                update_provenance(directory, {"sparsity": details["pruned_sparsity"]})
-            runtime = load_runtime(directory)
-            difference = check_round_trip(runtime, variant, check_texts, tokenizer)
-            row = evaluate(
-                name, variant.format, runtime.predict, **common,
-                model_file=model_path(directory, variant.format), source=variant.source,
+            row, predictors[name] = build_variant(
+                name, builder, out, params=params, paths=paths, test=test,
+                teacher_classes=rows[0]["_classes"], check_texts=check_texts, details=details,
             )  # fmt: skip
-            row["round_trip_max_abs_diff"] = difference
-            row["build_seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)
-            predictors[name] = runtime.predict
-            details["conversions"][name] = variant.info
-            details["round_trip_max_abs_diff"][name] = difference
-        # Every row is timed after the others are built, in turns (see report.benchmark).
-        timings = report.benchmark(predictors, test.texts, params.benchmark)
-        for row in rows:
-            del row["_classes"]
-            row.update(timings[row["variant"]])
-            if (out / row["variant"]).is_dir():
-                update_provenance(out / row["variant"], {"metrics": _headline(row)})
+        time_rows(rows, predictors, test.texts, settings, out)
     details["histories"] = builder.histories
-    return finish(rows, details, paths)
+    return finish(rows, details, paths, goals=params.targets)
+
+
+def teacher_rows(inputs: Inputs, test, paths: Paths) -> tuple[list[dict[str, Any]], dict]:
+    """The teacher's rows, the reference for accuracy and latency: through Keras
+    ``model.predict``, and as the exported SavedModel a server loads."""
+    from maas.runtime import load_runtime
+
+    tokenizer, teacher = inputs.tokenizer, inputs.teacher
+    keras_predict = lambda texts: teacher.predict(tokenizer.encode(texts), verbose=0)  # noqa: E731
+    first = evaluate(
+        "teacher_keras", "keras", keras_predict, test=test, labels=tokenizer.labels,
+        teacher_classes=None, model_file=paths.classifier_dir / "model.keras", source=teacher,
+    )  # fmt: skip
+    served = load_runtime(paths.classifier_dir)
+    second = evaluate(
+        "teacher_saved_model", "saved_model", served.predict, test=test,
+        labels=tokenizer.labels, teacher_classes=first["_classes"],
+        model_file=paths.classifier_dir / "saved_model", source=teacher,
+    )  # fmt: skip
+    return [first, second], {"teacher_keras": keras_predict, "teacher_saved_model": served.predict}
+
+
+def build_variant(
+    name: str,
+    builder: VariantBuilder,
+    out: Path,
+    *,
+    params: CompressParams,
+    paths: Paths,
+    test,
+    teacher_classes: np.ndarray,
+    check_texts: list[str],
+    details: dict[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Build one variant, write it, reload it, check it against memory, evaluate it.
+
+    Returns its row and the reloaded predictor; records its conversion in ``details``.
+    """
+    from maas.runtime import load_runtime
+
+    started = time.perf_counter()
+    tokenizer = builder.inputs.tokenizer
+    variant = builder.build(name)
+    directory = write_variant(variant, out / name, tokenizer=tokenizer, params=params, paths=paths)
+    if variant.info.get("source") == "pruned":  # verified per layer before it counts
+        details["pruned_sparsity"] = verify_sparsity(variant.source, params)
+        update_provenance(directory, {"sparsity": details["pruned_sparsity"]})
+    runtime = load_runtime(directory)
+    difference = check_round_trip(runtime, variant, check_texts, tokenizer)
+    row = evaluate(
+        name, variant.format, runtime.predict, test=test, labels=tokenizer.labels,
+        teacher_classes=teacher_classes, model_file=model_path(directory, variant.format),
+        source=variant.source,
+    )  # fmt: skip
+    row["round_trip_max_abs_diff"] = difference
+    row["build_seconds"] = round(time.perf_counter() - started, 1)
+    details["conversions"][name] = variant.info
+    details["round_trip_max_abs_diff"][name] = difference
+    return row, runtime.predict
+
+
+def time_rows(
+    rows: list[dict[str, Any]],
+    predictors: dict,
+    texts: list[str],
+    settings: CompressSettings,
+    out: Path,
+) -> None:
+    """Time every row after all are built, in turns (see :func:`report.benchmark`), and
+    record the headline figures in each variant's provenance."""
+    timings = report.benchmark(predictors, texts, settings)
+    for row in rows:
+        del row["_classes"]
+        row.update(timings[row["variant"]])
+        if (out / row["variant"]).is_dir():
+            update_provenance(out / row["variant"], {"metrics": _headline(row)})
 
 
 def _headline(row: dict[str, Any]) -> dict[str, Any]:
@@ -282,12 +324,14 @@ def _headline(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def finish(rows: list[dict[str, Any]], details: dict[str, Any], paths: Paths) -> dict[str, Any]:
+def finish(
+    rows: list[dict[str, Any]], details: dict[str, Any], paths: Paths, *, goals: TargetParams
+) -> dict[str, Any]:
     """Write the metrics, the rows (for ``dvc plots``) and the figures; return the report."""
     from maas import plots
 
     by_name = {row["variant"]: row for row in rows}
-    targets = report.targets(by_name)
+    targets = report.targets(by_name, goals)
     metrics = {
         "teacher": _headline(by_name["teacher_keras"]),
         "variants": {row["variant"]: _headline(row) for row in rows[1:]},

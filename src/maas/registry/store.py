@@ -8,7 +8,6 @@ and ``dvc metrics show``. GTO's tags (:mod:`maas.registry.tags`) name the revisi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from maas.provenance import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +90,11 @@ def lock_entry(root: str | Path, rev: str, path: str) -> dict[str, Any] | None:
     return None
 
 
-def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_md5s(directory: str | Path) -> dict[str, str]:
     """``{relative posix name: md5}`` of every file under a folder."""
     directory = Path(directory)
     return {
-        p.relative_to(directory).as_posix(): md5_file(p)
+        p.relative_to(directory).as_posix(): file_digest(p, "md5")
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }

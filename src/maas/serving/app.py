@@ -74,14 +74,38 @@ def create_app(
     By default the models load in this process. Another engine (:mod:`maas.serving.ray`)
     passes the ``data_plane`` it fills and the ``lifespan`` that keeps it filled.
     """
-    metrics = Metrics()
     if data_plane is not None:
         if lifespan is None:
             raise ValueError("a data_plane needs the lifespan that fills it")
-        state = ServerState(data_plane, config.limits, metrics, config.default_model)
-        return _build_app(config, state, lambda app: lifespan(state))
-    if not Path(config.model_repository).is_dir():
-        raise FileNotFoundError(f"model repository not found: {config.model_repository}")
+        state = ServerState(data_plane, config.limits, Metrics(), config.default_model)
+
+        def app_lifespan(app: FastAPI) -> contextlib.AbstractAsyncContextManager:
+            return lifespan(state)
+
+    else:
+        if not Path(config.model_repository).is_dir():
+            raise FileNotFoundError(f"model repository not found: {config.model_repository}")
+        state = build_state(config)
+        app_lifespan = make_lifespan(config, state)
+    app = FastAPI(
+        title="maas model server",
+        version=__version__,
+        description=(
+            "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
+            "Protocol (v2) and the seed's `POST /predict`."
+        ),
+        lifespan=app_lifespan,
+        strict_content_type=False,
+    )
+    app.state.maas = state
+    add_routes(app)
+    add_middleware(app, config, state.metrics)
+    return app
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    """The repository (not loaded yet), its predictors (batched or direct) and metrics."""
+    metrics = Metrics()
 
     def make_predictor(loaded: LoadedVersion) -> DirectPredictor | DynamicBatcher:
         def observe(size: int, seconds: float) -> None:
@@ -103,7 +127,12 @@ def create_app(
         make_predictor=make_predictor,
         warmup_batch_sizes=tuple(sorted(set(warmup))),
     )
-    state = ServerState(repository, config.limits, metrics, config.default_model)
+    return ServerState(repository, config.limits, metrics, config.default_model)
+
+
+def make_lifespan(config: ServerConfig, state: ServerState):
+    """Load the models (before the first request, or in the background), poll the
+    repository, and close every predictor at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,37 +150,30 @@ def create_app(
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            repository = state.repository
             for name in repository.model_names():
                 for loaded in [*repository.served(name).values(), *repository.warm(name).values()]:
                     await loaded.predictor.close()
 
-    return _build_app(config, state, lifespan)
+    return lifespan
 
 
-def _build_app(config: ServerConfig, state: ServerState, lifespan: Callable) -> FastAPI:
-    """Routers, error handlers and middleware around ``state``."""
-    app = FastAPI(
-        title="maas model server",
-        version=__version__,
-        description=(
-            "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
-            "Protocol (v2) and the seed's `POST /predict`."
-        ),
-        lifespan=lifespan,
-        strict_content_type=False,
-    )
-    app.state.maas = state
+def add_routes(app: FastAPI) -> None:
+    """The three protocols, the metrics endpoint and the error handlers."""
     app.include_router(protocol_v1.router)
     app.include_router(protocol_v2.router)
     app.include_router(seed_api.router)
     app.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], include_in_schema=False)
     _add_error_handlers(app)
+
+
+def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
+    """Body limit, JSON bodies, API keys, observability (in that order, innermost first)."""
     # add_middleware wraps the app: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(config.api_key_hashes))
-    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)
-    return app
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
 
 async def _metrics_endpoint(request: Request) -> Response:

@@ -18,7 +18,10 @@ Layout::
       upscale_delay_s: 5       # seconds above target before adding replicas
       downscale_delay_s: 30    # seconds below target before removing them
 
-Model names match ``MODEL_NAME``; version folders are canonical non-negative integers.
+A repository of several models answers the seed's ``POST /predict`` with ``DEFAULT_MODEL``
+(``classifier``, the trained model; its variants are ``classifier-<variant>``) when a
+request names none. Model names match ``MODEL_NAME``; version folders are canonical
+non-negative integers.
 This module is the one home of that contract: the server (:mod:`maas.serving.repository`),
 the serve stage and the registry's promotions (:mod:`maas.registry.operations`) all read and
 write the repository through it.
@@ -45,6 +48,9 @@ from maas.serving.errors import ServingError
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+# The pipeline's model: what the seed's `POST /predict` answers with when a request names no
+# model, the server was given no --default-model, and the repository serves several models.
+DEFAULT_MODEL = "classifier"
 VERSION_POLICIES = ("latest", "all", "specific")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

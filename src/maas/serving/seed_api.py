@@ -2,8 +2,9 @@
 
 ``{"text": "..."}`` gives ``{"label", "probabilities": {class: p}, "model", "version"}``;
 ``{"texts": [...]}`` gives ``{"predictions": [{"label", "probabilities"}, ...], ...}``.
-The model is the server's default model (``--default-model``, or the only one), or the
-one a request names with ``"model"`` (and optionally ``"version"``).
+The model is the one a request names with ``"model"`` (and optionally ``"version"``), else
+the server's default model: ``--default-model``, else the only model served, else the
+pipeline's ``classifier`` (:data:`maas.serving.layout.DEFAULT_MODEL`) when it is served.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from maas.serving.errors import ServingError
+from maas.serving.layout import DEFAULT_MODEL
 from maas.serving.limits import check_texts
 from maas.serving.schemas import ERROR_RESPONSES, FastJSONResponse
 from maas.serving.state import ServerState, classify, server_state
@@ -32,6 +34,7 @@ class SeedRequest(BaseModel):
 
 
 def default_model(state: ServerState) -> str:
+    """The model of a request that names none (see the module's docstring)."""
     if state.default_model is not None:
         return state.default_model
     names = state.repository.model_names()
@@ -39,7 +42,13 @@ def default_model(state: ServerState) -> str:
         return names[0]
     if not names:
         raise ServingError(503, "the model repository holds no model")
-    raise ServingError(400, f"several models are served ({', '.join(names)}): name one in 'model'")
+    if DEFAULT_MODEL in names:
+        return DEFAULT_MODEL
+    raise ServingError(
+        400,
+        f"several models are served ({', '.join(names)}) and none is {DEFAULT_MODEL!r}: "
+        "name one in 'model'",
+    )
 
 
 @router.post("/predict", responses=ERROR_RESPONSES, summary="Classify a text or a list of texts")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from maas.config import Paths, ServeParams
+from maas.config import Paths, ServeParams, ServeSettings
+from maas.ports import free_port
 from maas.provenance import PROVENANCE_FILE, write_json
-from maas.serving.layout import build_repository
+from maas.serving.layout import DEFAULT_MODEL, build_repository
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PROTOCOLS = ("tfserving_v1", "oip_v2", "seed")
 
 def repository_sources(params: ServeParams, paths: Paths) -> dict[str, Path]:
     """``{model name: artifact folder}``: the classifier and its compressed variants."""
-    sources = {"classifier": paths.classifier_dir}
+    sources = {DEFAULT_MODEL: paths.classifier_dir}
     compressed = paths.compressed_dir
     if params.variants is not None:
         names = list(params.variants)
@@ -49,23 +49,26 @@ def repository_sources(params: ServeParams, paths: Paths) -> dict[str, Path]:
     else:
         names = []
     for name in names:
-        sources[f"classifier-{name}"] = compressed / name  # missing ones are skipped
+        sources[f"{DEFAULT_MODEL}-{name}"] = compressed / name  # missing ones are skipped
     return sources
 
 
-def run(params: ServeParams, paths: Paths) -> dict[str, Any]:
-    """Build the repository, serve it, probe every protocol; write the stage's metrics."""
+def run(params: ServeParams, paths: Paths, *, settings: ServeSettings) -> dict[str, Any]:
+    """Build the repository, serve it, probe every protocol; write the stage's metrics.
+
+    ``settings`` bound the server's start-up and size the latency probe (no result)."""
     models = build_repository(repository_sources(params, paths), paths.repository_dir)
     args = [
         "--max-batch-size", str(params.max_batch_size),
         "--batch-timeout-ms", str(params.batch_timeout_ms),
-        "--default-model", "classifier", "--poll-interval", "0",
+        "--poll-interval", "0",
     ]  # fmt: skip
     log_path = paths.reports_dir / "serve" / "server.log"
     start = time.perf_counter()
-    with background_server(paths.repository_dir, args, log_path, params.startup_timeout_s) as url:
+    timeout_s = settings.startup_timeout_s
+    with background_server(paths.repository_dir, args, log_path, timeout_s) as url:
         startup_s = time.perf_counter() - start
-        rows = [probe_model(url, name, params.latency_requests) for name in sorted(models)]
+        rows = [probe_model(url, name, settings.latency_requests) for name in sorted(models)]
     report = {
         "models": sorted(models),
         "startup_s": round(startup_s, 2),
@@ -83,9 +86,7 @@ def background_server(
     """``maas serve`` on a free loopback port in a subprocess; yields its URL, then stops it."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(repository)]
     command += ["--host", "127.0.0.1", "--port", str(port), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         from maas.training import stage
 
         summary = stage.run(
-            params.train, project_paths(args.params_file), backup_dir=args.backup_dir
+            params.train,
+            project_paths(args.params_file),
+            settings=params.settings.train,
+            backup_dir=args.backup_dir,
         )
     except (ConfigError, FileNotFoundError) as error:  # DistributeError is a ConfigError
         log.error("%s", error)

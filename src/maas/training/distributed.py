@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,20 +168,6 @@ def local_cluster(
         raise ValueError(f"need {sum(jobs.values())} ports, got {len(ports)}")
     free = iter(ports)
     return {job: tuple(f"localhost:{next(free)}" for _ in range(n)) for job, n in jobs.items()}
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports that are free on the loopback interface now (all held open until all chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def local_capacity() -> int:

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maas.config import Paths, TrainParams, parse_section, to_dict
+from maas.config import Paths, TrainParams, TrainSettings, parse_section, to_dict
+from maas.ports import free_ports
 from maas.provenance import read_json, write_json
 from maas.training import distributed, launcher
 
@@ -141,7 +142,7 @@ def local_tasks(
         spec.strategy,
         workers=spec.workers,
         parameter_servers=spec.parameter_servers,
-        ports=distributed.free_ports(count),
+        ports=free_ports(count),
     )
     trainers = spec.workers if spec.strategy == "multi_worker" else 1
     threads = max(1, (os.cpu_count() or 1) // trainers)  # share the cores, not oversubscribe
@@ -169,6 +170,7 @@ def run_local_job(
     params: TrainParams,
     paths: Paths,
     *,
+    settings: TrainSettings,
     backup_dir: Path | None = None,
     run_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -202,8 +204,8 @@ def run_local_job(
         launcher.run_job(
             tasks,
             log_dir=run_dir / "logs",
-            timeout_s=spec.timeout_s,
-            startup_timeout_s=spec.startup_timeout_s,
+            timeout_s=settings.timeout_s,
+            startup_timeout_s=settings.startup_timeout_s,
             ready=(run_dir / chief / FIRST_STEP_FILE).is_file,
         )
         results = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from maas.config import Paths, TrainParams
+from maas.config import Paths, TrainParams, TrainSettings
 from maas.training import distributed
 from maas.training.job import run_local_job, time_to_start
 from maas.training.worker import train_and_export
@@ -23,6 +23,7 @@ def run(
     params: TrainParams,
     paths: Paths,
     *,
+    settings: TrainSettings,
     strategy: tf.distribute.Strategy | None = None,
     progress: bool = True,
     backup_dir: Path | None = None,
@@ -32,12 +33,13 @@ def run(
     ``train.distribute.strategy`` decides how: ``one_device`` and ``mirrored`` train in this
     process; ``multi_worker`` and ``parameter_server`` launch one process per task on this
     machine (:func:`maas.training.job.run_local_job`) and wait for them. A run interrupted
-    before the end resumes from its last finished epoch when started again.
+    before the end resumes from its last finished epoch when started again. ``settings``
+    bound the time a local job may take (they change no result).
     Returns the training summary that is also stored in the model's provenance.
     """
     name = params.distribute.strategy
     if strategy is None and name in distributed.LAUNCHED_STRATEGIES:
-        return run_local_job(params, paths, backup_dir=backup_dir)
+        return run_local_job(params, paths, settings=settings, backup_dir=backup_dir)
     started = time.time()
     if strategy is None:
         strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
