@@ -96,12 +96,18 @@ def connect(options: RayOptions) -> bool:
 
     for name, value in SLOW_MACHINE_ENV.items():
         os.environ.setdefault(name, value)
-    ray.init(
-        num_cpus=options.num_cpus,
-        object_store_memory=options.object_store_bytes,
-        include_dashboard=False,
-        namespace=NAMESPACE,
-    )
+    try:
+        ray.init(
+            num_cpus=options.num_cpus,
+            object_store_memory=options.object_store_bytes,
+            include_dashboard=False,
+            namespace=NAMESPACE,
+        )
+    except Exception as error:  # the raylet gives its agents ~15 s: a busy machine misses it
+        raise RayEngineError(
+            f"could not start a local Ray ({error}); on a busy machine start nodes with "
+            "maas.serving.ray.cluster.LocalCluster and pass --address"
+        ) from error
     return True
 
 
