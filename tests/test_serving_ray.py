@@ -145,10 +145,11 @@ def test_losing_a_replica_then_a_node_loses_no_request(scenario):
     assert load["requests"] > 20 and load["failed"] <= 0.01 * load["requests"], load
     assert all(code in (0, 500, 503) for _, code, _ in load["failures"]), load
     # The loss shows in the log (Ray Serve's router and controller name the lost replica).
-    # The replicas gauge is on /metrics; within the 30 s sampled after the node is killed,
-    # Ray still counted the lost node's replica as running, so its drop is not asserted.
+    # The replicas gauge is on /metrics: in one run it read 1 for the 30 s sampled after the
+    # node was killed, in another Ray still counted the lost replica (2) all that time, so
+    # only its range is asserted.
     lost = r"app='maas\.news\.1'\)[^\n]*(has died|will be stopped)|terminated unexpectedly"
     assert re.search(lost, scenario["server_log"]), "the lost replica is not in the log"
     gauges = record["replica_gauges"]
     counts = [float(line.split()[-1]) for line in gauges if 'version="1"' in line]
-    assert counts and max(counts) == 2, gauges
+    assert counts and {1.0, 2.0} >= set(counts), gauges
