@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +31,7 @@ from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.errors import ServingError
 from maas.serving.limits import DEFAULT_LIMITS, BodySizeLimitMiddleware, Limits
 from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
-from maas.serving.repository import END, LoadedVersion, ModelRepository
+from maas.serving.repository import END, LoadedVersion, ModelRepository, ServedModels
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
 
@@ -68,12 +68,31 @@ class ServerConfig:
             raise ValueError(f"batch_timeout_s must be >= 0, got {self.batch_timeout_s}")
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """The server application for ``config`` (models load when its lifespan starts)."""
-    if not Path(config.model_repository).is_dir():
-        raise FileNotFoundError(f"model repository not found: {config.model_repository}")
-    state = build_state(config)
+def create_app(
+    config: ServerConfig,
+    *,
+    data_plane: ServedModels | None = None,
+    lifespan: Callable[[ServerState], contextlib.AbstractAsyncContextManager] | None = None,
+) -> FastAPI:
+    """The server application for ``config`` (models load when its lifespan starts).
+
+    By default the models load in this process. Another engine (:mod:`maas.serving.ray`)
+    passes the ``data_plane`` it fills and the ``lifespan`` that keeps it filled.
+    """
     checker = KeyChecker(config.api_key_hashes)  # one for REST and gRPC
+    if data_plane is not None:
+        if lifespan is None:
+            raise ValueError("a data_plane needs the lifespan that fills it")
+        state = ServerState(data_plane, config.limits, Metrics(), config.default_model)
+
+        def app_lifespan(app: FastAPI) -> contextlib.AbstractAsyncContextManager:
+            return lifespan(state)
+
+    else:
+        if not Path(config.model_repository).is_dir():
+            raise FileNotFoundError(f"model repository not found: {config.model_repository}")
+        state = build_state(config)
+        app_lifespan = make_lifespan(config, state, checker)
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -81,7 +100,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             "Text classification over TensorFlow Serving's REST API (v1), the Open Inference "
             "Protocol (v2) and the seed's `POST /predict`."
         ),
-        lifespan=make_lifespan(config, state, checker),
+        lifespan=app_lifespan,
         strict_content_type=False,
     )
     app.state.maas = state
@@ -144,7 +163,7 @@ def make_lifespan(config: ServerConfig, state: ServerState, checker: KeyChecker)
                     await poller
             repository = state.repository
             for name in repository.model_names():
-                for loaded in repository.served(name).values():
+                for loaded in [*repository.served(name).values(), *repository.warm(name).values()]:
                     await loaded.predictor.close()
 
     return lifespan
@@ -185,7 +204,7 @@ async def _poll_once(state: ServerState) -> None:
     dropped = await asyncio.to_thread(state.repository.poll)
     for loaded in dropped:
         await loaded.predictor.close()  # finishes the requests it holds
-    _update_model_gauges(state)
+    update_model_gauges(state)
 
 
 async def _poll_forever(state: ServerState, interval: float, *, first_now: bool) -> None:
@@ -202,7 +221,7 @@ async def _poll_forever(state: ServerState, interval: float, *, first_now: bool)
         await asyncio.sleep(interval)
 
 
-def _update_model_gauges(state: ServerState) -> None:
+def update_model_gauges(state: ServerState) -> None:
     repository = state.repository
     counts = {}
     for name in repository.model_names():

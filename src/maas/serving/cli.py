@@ -9,6 +9,8 @@ Examples:
   maas serve --model-repository models/repository --api-key-file keys.txt \\
       --tls-cert server.pem --tls-key server.key
   echo -n "$KEY" | maas serve --hash-api-key >> keys.txt
+  maas serve --model-repository models/repository --engine ray --max-replicas 4
+  maas serve --model-repository models/repository --engine ray --address HEAD:6379
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 from maas.serving.auth import hash_key, keys_from_env, read_key_file
+from maas.serving.layout import Scaling
 from maas.serving.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -124,12 +127,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LIMITS.max_text_chars,
         help="characters per text at most (default: %(default)s)",
     )
+    add_ray_arguments(parser)
     parser.add_argument(
         "--graceful-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="at shutdown, how long in-flight requests may take (default: %(default)s)",
+    )
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group("Ray Serve engine (--engine ray)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one process (default); ray: replicas on a Ray cluster",
+    )
+    ray.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="an existing Ray cluster (default: $RAY_ADDRESS, else start a local Ray)",
+    )
+    ray.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    ray.add_argument("--object-store-mb", type=int, default=256, help="a local Ray's object store")
+    ray.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)"
+    )
+    ray.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")
+    ray.add_argument(
+        "--max-replicas-per-node",
+        type=int,
+        metavar="N",
+        help="at most N replicas of a version per node (1: spread over the nodes)",
+    )
+    defaults = Scaling()
+    ray.add_argument(
+        "--min-replicas",
+        type=int,
+        default=defaults.min_replicas,
+        help="replicas per version at least (a model's config.yaml `scaling:` overrides)",
+    )
+    ray.add_argument(
+        "--max-replicas", type=int, default=defaults.max_replicas, help="replicas at most"
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=defaults.target_ongoing_requests,
+        help="requests in flight per replica the autoscaler aims at",
+    )
+    ray.add_argument("--upscale-delay", type=float, default=defaults.upscale_delay_s)
+    ray.add_argument("--downscale-delay", type=float, default=defaults.downscale_delay_s)
+    ray.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL,MODEL",
+        help="serve NAME: the members' probabilities averaged, called in parallel",
+    )
+
+
+def ray_options(args: argparse.Namespace):  # -> RayOptions (imported lazily: Ray)
+    from maas.serving.ray.engine import RayOptions
+
+    ensembles = {}
+    for spec in args.ensemble:
+        name, _, members = spec.partition("=")
+        if not name or not members:
+            raise ValueError(f"--ensemble {spec!r}: expected NAME=MODEL,MODEL")
+        ensembles[name] = tuple(m for m in members.split(",") if m)
+    return RayOptions(
+        address=args.address,
+        num_cpus=args.num_cpus,
+        object_store_bytes=args.object_store_mb * 1024**2,
+        replica_cpus=args.replica_cpus,
+        ingress_replicas=args.ingress_replicas,
+        max_replicas_per_node=args.max_replicas_per_node,
+        scaling=Scaling(
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests,
+            upscale_delay_s=args.upscale_delay,
+            downscale_delay_s=args.downscale_delay,
+        ),
+        ensembles=ensembles,
     )
 
 
@@ -146,9 +229,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         ssl_files = check_tls(args.tls_cert, args.tls_key)
+        options = ray_options(args) if args.engine == "ray" else None
     except (OSError, ValueError, ssl.SSLError) as error:
         log.error("%s", error)
         return 2
+    if options is not None:
+        from maas.serving.ray import engine
+
+        return engine.serve(config, options, host=args.host, port=args.port, ssl_files=ssl_files)
     import uvicorn
 
     from maas.serving.app import create_app

@@ -10,6 +10,13 @@ Layout::
     version_policy: latest     # latest (default) | all | specific
     versions: [3]              # with `specific`: exactly these versions are served
     labels: {stable: 2, canary: 3}
+    keep_previous: 1           # versions kept loaded after they stop serving (0: none)
+    scaling:                   # replicas of each version (the Ray engine; all optional)
+      min_replicas: 1
+      max_replicas: 4
+      target_ongoing_requests: 8
+      upscale_delay_s: 5       # seconds above target before adding replicas
+      downscale_delay_s: 30    # seconds below target before removing them
 
 A repository of several models answers the seed's ``POST /predict`` with ``DEFAULT_MODEL``
 (``classifier``, the trained model; its variants are ``classifier-<variant>``) when a
@@ -49,6 +56,65 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+SCALING_KEYS = (
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "upscale_delay_s",
+    "downscale_delay_s",
+)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Replicas of one model version: Ray Serve's autoscaling bounds and target."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 8.0
+    upscale_delay_s: float = 5.0  # load above target this long adds replicas
+    downscale_delay_s: float = 30.0  # load below target this long removes them
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(
+                f"replicas must satisfy 0 <= min_replicas <= max_replicas, max_replicas >= 1; "
+                f"got min {self.min_replicas}, max {self.max_replicas}"
+            )
+        if not self.target_ongoing_requests > 0:
+            raise ValueError(
+                f"target_ongoing_requests must be > 0, got {self.target_ongoing_requests}"
+            )
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
+            raise ValueError("upscale_delay_s and downscale_delay_s must be >= 0")
+
+    @classmethod
+    def parse(cls, raw: Any, *, where: str, default: Scaling | None = None) -> Scaling:
+        """Keys of ``raw`` over ``default``; ``ValueError`` names the bad key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: scaling must be a mapping of {SCALING_KEYS}")
+        unknown = sorted(set(raw) - set(SCALING_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown scaling key {unknown[0]!r}")
+        for key in SCALING_KEYS:
+            value = raw.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{where}: scaling.{key} must be a number")
+        base = default or cls()
+        try:
+            return cls(
+                min_replicas=int(raw.get("min_replicas", base.min_replicas)),
+                max_replicas=int(raw.get("max_replicas", base.max_replicas)),
+                target_ongoing_requests=float(
+                    raw.get("target_ongoing_requests", base.target_ongoing_requests)
+                ),
+                upscale_delay_s=float(raw.get("upscale_delay_s", base.upscale_delay_s)),
+                downscale_delay_s=float(raw.get("downscale_delay_s", base.downscale_delay_s)),
+            )
+        except ValueError as error:
+            raise ValueError(f"{where}: scaling: {error}") from error
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A model's ``config.yaml``: which versions to serve and the labels that name them."""
@@ -56,6 +122,8 @@ class ModelConfig:
     version_policy: str = "latest"
     versions: tuple[int, ...] = ()
     labels: Mapping[str, int] = field(default_factory=dict)
+    keep_previous: int = 0  # versions that stay loaded after they stop serving
+    scaling: Scaling | None = None  # None: the engine's defaults
 
     @classmethod
     def parse(cls, raw: Any, *, where: str) -> ModelConfig:
@@ -64,7 +132,8 @@ class ModelConfig:
             raw = {}
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - {"version_policy", "versions", "labels"})
+        known = {"version_policy", "versions", "labels", "keep_previous", "scaling"}
+        unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key {unknown[0]!r}")
         policy = raw.get("version_policy", "latest")
@@ -81,7 +150,13 @@ class ModelConfig:
             for k, v in labels.items()
         ):
             raise ValueError(f"{where}: labels must map names to integer versions")
-        return cls(policy, tuple(versions), dict(labels))
+        keep_previous = raw.get("keep_previous", 0)
+        if not _is_version(keep_previous):
+            raise ValueError(f"{where}: keep_previous must be a non-negative integer")
+        scaling = raw.get("scaling")
+        if scaling is not None:
+            scaling = Scaling.parse(scaling, where=where)
+        return cls(policy, tuple(versions), dict(labels), keep_previous, scaling)
 
     def select(self, on_disk: list[int]) -> list[int]:
         """The versions this policy may serve, newest first.
@@ -191,8 +266,15 @@ def read_config_bytes(model_dir: str | Path) -> bytes | None:
 
 
 def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
-    """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically."""
+    """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically.
+
+    ``keep_previous`` and ``scaling`` of the config in force are kept.
+    """
     config = {"version_policy": "specific", "versions": [version], "labels": {label: version}}
+    with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError):
+        existing = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+        if isinstance(existing, dict):
+            config.update({k: existing[k] for k in ("keep_previous", "scaling") if k in existing})
     ModelConfig.parse(config, where=CONFIG_FILE)  # what is written must be what the server reads
     text = yaml.safe_dump(config, sort_keys=False).encode()
     return write_bytes(Path(model_dir) / CONFIG_FILE, text)

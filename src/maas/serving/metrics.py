@@ -74,6 +74,18 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "maas_backend_retries_total",
+            "Model calls retried because a replica or its node was lost (the Ray engine)",
+            ["model", "version", "error"],
+            registry=self.registry,
+        )
+        self.replicas = Gauge(
+            "maas_replicas",
+            "Running replicas of each served version (the Ray engine)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self._gauge_models: set[str] = set()
 
     def set_model_gauges(self, counts: dict[str, tuple[int, int]]) -> None:

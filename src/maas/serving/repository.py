@@ -8,6 +8,14 @@ selects are dropped after that. A version that fails to load is reported (state 
 its error in the status) and whatever was served before keeps serving. Hidden folders and
 non-integer names are ignored, so a version being written with
 :func:`maas.provenance.atomic_dir` appears only when it is whole.
+
+With ``keep_previous: N`` in a model's ``config.yaml``, the last N versions that stopped
+serving stay loaded (warm, reported as ``END``): selecting one of them again (a rollback) is
+a swap, not a load.
+
+:class:`ServedModels` is the data plane the protocols read (lookups only);
+:class:`ModelRepository` fills it by loading versions in this process, and the Ray engine
+(:mod:`maas.serving.ray`) fills one from its controller's snapshots.
 """
 
 from __future__ import annotations
@@ -78,40 +86,30 @@ class _ModelState:
     served: dict[int, LoadedVersion] = field(default_factory=dict)
     status: dict[int, VersionStatus] = field(default_factory=dict)
     failed: dict[int, tuple] = field(default_factory=dict)  # version -> files' signature
+    warm: dict[int, LoadedVersion] = field(default_factory=dict)  # loaded, not serving
 
 
-class ModelRepository:
-    """Serves the versions a repository folder holds, and follows it as it changes.
+class ServedModels:
+    """The data plane every protocol reads: models, their versions' states, the lookup.
 
-    :meth:`poll` does the (slow) loading and is meant to run in a worker thread; the lookups
-    (:meth:`resolve`, :meth:`status`) only read dictionaries that :meth:`poll` replaces
-    whole, so request handlers never wait for a load.
-
-    Args:
-        root: the repository folder.
-        default_policy: the version policy of models without a ``config.yaml``.
-        make_predictor: called with each freshly loaded version, before it is swapped in;
-            its result is stored as ``LoadedVersion.predictor``.
-        warmup_batch_sizes: batch sizes run once through a new version before it serves.
+    Only reads dictionaries that a writer replaces whole, so request handlers never wait.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        default_policy: str = "latest",
-        make_predictor: Callable[[LoadedVersion], Any] | None = None,
-        warmup_batch_sizes: tuple[int, ...] = (1,),
-    ) -> None:
-        if default_policy not in ("latest", "all"):
-            raise ValueError(f"default_policy must be 'latest' or 'all', got {default_policy!r}")
-        self.root = Path(root)
-        self.default_config = ModelConfig(version_policy=default_policy)
-        self.make_predictor = make_predictor
-        self.warmup_batch_sizes = warmup_batch_sizes
+    def __init__(self) -> None:
         self._models: dict[str, _ModelState] = {}
-        self._poll_lock = threading.Lock()  # one poll at a time
-        self.polls = 0
+        self.polls = 0  # 0: nothing known yet (the models are still loading)
+
+    def snapshot(self) -> tuple[dict[str, _ModelState], int]:
+        """What the lookups read, as plain data (to publish to other processes)."""
+        models = {
+            name: _ModelState(state.config, state.config_error, state.served, state.status)
+            for name, state in self._models.items()
+        }
+        return models, self.polls
+
+    def install(self, models: dict[str, _ModelState], polls: int) -> None:
+        """Replace what the lookups read at once, e.g. with another process's snapshot."""
+        self._models, self.polls = dict(models), polls
 
     # ---- lookups (request path) -------------------------------------------------------
 
@@ -167,6 +165,47 @@ class ModelRepository:
             raise ServingError(503, f"model {model!r} has no version available{loading}")
         return served[max(served)]
 
+    def warm(self, model: str) -> dict[int, LoadedVersion]:
+        """Versions kept loaded after they stopped serving (``keep_previous``)."""
+        return dict(self._state(model).warm)
+
+
+class ModelRepository(ServedModels):
+    """Serves the versions a repository folder holds, and follows it as it changes.
+
+    :meth:`poll` does the (slow) loading and is meant to run in a worker thread; the lookups
+    (:meth:`resolve`, :meth:`status`) only read dictionaries that :meth:`poll` replaces
+    whole, so request handlers never wait for a load.
+
+    Args:
+        root: the repository folder.
+        default_policy: the version policy of models without a ``config.yaml``.
+        make_predictor: called with each freshly loaded version, before it is swapped in;
+            its result is stored as ``LoadedVersion.predictor``.
+        warmup_batch_sizes: batch sizes run once through a new version before it serves.
+        load_version: ``(model, version, folder, config) -> Runtime``; default: load the
+            artifact in this process (the Ray engine deploys it instead).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        default_policy: str = "latest",
+        make_predictor: Callable[[LoadedVersion], Any] | None = None,
+        warmup_batch_sizes: tuple[int, ...] = (1,),
+        load_version: Callable[[str, int, Path, ModelConfig], Runtime] | None = None,
+    ) -> None:
+        super().__init__()
+        if default_policy not in ("latest", "all"):
+            raise ValueError(f"default_policy must be 'latest' or 'all', got {default_policy!r}")
+        self.root = Path(root)
+        self.default_config = ModelConfig(version_policy=default_policy)
+        self.make_predictor = make_predictor
+        self.warmup_batch_sizes = warmup_batch_sizes
+        self.load_version = load_version
+        self._poll_lock = threading.Lock()  # one poll at a time
+
     # ---- polling (worker thread) --------------------------------------------------------
 
     def poll(self) -> list[LoadedVersion]:
@@ -176,7 +215,8 @@ class ModelRepository:
             dropped: list[LoadedVersion] = []
             for name in sorted(set(self._models) - set(on_disk)):
                 log.info("model %s removed from the repository", name)
-                dropped += self._models.pop(name).served.values()
+                gone = self._models.pop(name)
+                dropped += [*gone.served.values(), *gone.warm.values()]
             for name, versions in on_disk.items():
                 dropped += self._poll_model(name, versions)
             self.polls += 1
@@ -223,12 +263,18 @@ class ModelRepository:
     ) -> LoadedVersion | None:
         if version in state.served:
             return None
+        if version in state.warm:  # kept loaded: serving it again is a swap
+            loaded = state.warm[version]
+            state.warm = {v: w for v, w in state.warm.items() if v != version}
+            _set_status(state, VersionStatus(version, AVAILABLE))
+            log.info("model %s version %d serves again (kept warm)", name, version)
+            return loaded
         signature = _signature(path)
         if state.failed.get(version) == signature:
             return None  # failed before with exactly these files: wait until they change
         _set_status(state, VersionStatus(version, LOADING))
         try:
-            loaded = self._load(name, version, path)
+            loaded = self._load(name, version, path, state.config)
         except Exception as error:  # any failure: report it, keep serving the others
             log.error("model %s version %d failed to load: %s", name, version, error)
             state.failed[version] = signature
@@ -239,8 +285,11 @@ class ModelRepository:
         log.info("model %s version %d available (%s)", name, version, loaded.kind)
         return loaded
 
-    def _load(self, name: str, version: int, path: Path) -> LoadedVersion:
-        runtime = load_runtime(path, verify=True)
+    def _load(self, name: str, version: int, path: Path, config: ModelConfig) -> LoadedVersion:
+        if self.load_version is not None:
+            runtime = self.load_version(name, version, path, config)
+        else:
+            runtime = load_runtime(path, verify=True)
         labels = len(runtime.labels)
         for size in self.warmup_batch_sizes:
             probabilities = runtime.predict([WARMUP_TEXT] * size)
@@ -274,12 +323,14 @@ class ModelRepository:
         }
         if state.config.version_policy == "latest" and any_wanted:
             keep = {max(v for v in wanted if v in state.served)}
-        dropped = [loaded for version, loaded in state.served.items() if version not in keep]
-        if dropped:
+        leaving = [loaded for version, loaded in state.served.items() if version not in keep]
+        if leaving:
             state.served = {v: loaded for v, loaded in state.served.items() if v in keep}
-            for loaded in dropped:
-                log.info("model %s version %d unloaded", name, loaded.version)
+            for loaded in leaving:
                 _set_status(state, VersionStatus(loaded.version, END))
+        dropped = self._keep_warm(name, state, leaving, on_disk)
+        for loaded in dropped:
+            log.info("model %s version %d unloaded", name, loaded.version)
         # Forget versions that are neither on disk, nor wanted, nor served.
         forget = {
             v for v in state.status if v not in on_disk and v not in wanted and v not in keep
@@ -289,6 +340,21 @@ class ModelRepository:
             for version in forget:
                 state.failed.pop(version, None)
         return dropped
+
+    def _keep_warm(
+        self, name: str, state: _ModelState, leaving: list[LoadedVersion], on_disk: dict
+    ) -> list[LoadedVersion]:
+        """Keep the last ``keep_previous`` versions that stopped serving; return the rest."""
+        warm = {**state.warm, **{loaded.version: loaded for loaded in leaving}}
+        # The most recently served stay: a version leaving now beats one kept before.
+        order = [loaded.version for loaded in leaving] + sorted(state.warm, reverse=True)
+        limit = state.config.keep_previous
+        kept = [v for v in order if v in on_disk and v not in state.served][:limit]
+        for version in kept:
+            if version not in state.warm:
+                log.info("model %s version %d kept warm", name, version)
+        state.warm = {v: warm[v] for v in kept}
+        return [loaded for v, loaded in warm.items() if v not in state.warm]
 
 
 def _set_status(state: _ModelState, status: VersionStatus) -> None:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from maas.serving.errors import ServingError, VersionUnloaded
 from maas.serving.limits import Limits
 from maas.serving.metrics import Metrics, note_model
-from maas.serving.repository import LoadedVersion, ModelRepository
+from maas.serving.repository import LoadedVersion, ServedModels
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "texts"
@@ -32,7 +32,7 @@ PLATFORMS = {
 
 @dataclass
 class ServerState:
-    repository: ModelRepository
+    repository: ServedModels  # the data plane: local (ModelRepository) or Ray's
     limits: Limits
     metrics: Metrics
     default_model: str | None  # the seed API's model when a request names none

@@ -1,0 +1,454 @@
+"""``maas serve --engine ray``: the controller that keeps Ray Serve in line with the repository.
+
+The process that runs :func:`serve` connects to Ray (a local one it starts, or the cluster at
+``--address`` / ``RAY_ADDRESS``), starts Ray Serve's HTTP proxy on ``--host``/``--port`` and
+deploys the ingress (:mod:`maas.serving.ray.ingress`). It then polls the model repository
+with the same :class:`maas.serving.repository.ModelRepository` as the single-process server,
+whose loader here *deploys* each version as a Ray Serve application (one
+:class:`maas.serving.ray.deployments.ModelVersion` deployment, autoscaled by the model's
+``scaling``), waits until it answers, and warms it through Ray. After each poll it publishes
+what is served on the routing table that the ingress replicas follow. A replaced version's
+application is deleted only ``drain_s`` after the ingresses stopped routing to it, so hot
+reloads, promotions and rollbacks are rolling updates; ``keep_previous`` keeps it deployed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from maas.serving.app import ServerConfig
+from maas.serving.layout import ModelConfig, Scaling
+from maas.serving.ray.deployments import Ensemble, ModelVersion
+from maas.serving.ray.ingress import (
+    NAMESPACE,
+    Ingress,
+    ModelSnapshot,
+    ServedVersion,
+    routing_table,
+)
+from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
+
+log = logging.getLogger(__name__)
+
+INGRESS_APP = "maas"
+LOOK_BACK_S = 5.0  # the autoscaler averages ongoing requests over this window
+METRICS_INTERVAL_S = 1.0  # how often replicas report them (Ray's default, 10 s, is slow)
+
+
+class RayEngineError(RuntimeError):
+    """Ray cannot serve as asked: no cluster at the address, missing resources, a failed app."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray (``maas serve --engine ray`` options)."""
+
+    address: str | None = None  # None: RAY_ADDRESS, else start a local Ray
+    num_cpus: int | None = None  # a local Ray's CPUs (None: all)
+    object_store_bytes: int | None = 256 * 1024**2  # a local Ray's object store
+    replica_cpus: float = 1.0  # CPUs each model replica reserves
+    scaling: Scaling = field(default_factory=Scaling)  # models without `scaling:` in config
+    ingress_replicas: int = 1
+    max_replicas_per_node: int | None = None  # 1: every replica of a version on its own node
+    deploy_timeout_s: float = 180.0  # a version not answering by then failed to load
+    drain_s: float = 3.0  # unrouted -> deleted: in-flight requests finish meanwhile
+    ensembles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> members
+
+
+def app_name(model: str, version: int) -> str:
+    return f"maas.{model}.{version}"
+
+
+def autoscaling_config(scaling: Scaling) -> dict[str, Any]:
+    return {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "initial_replicas": max(1, scaling.min_replicas),
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "upscale_delay_s": scaling.upscale_delay_s,
+        "downscale_delay_s": scaling.downscale_delay_s,
+        "look_back_period_s": LOOK_BACK_S,
+        "metrics_interval_s": METRICS_INTERVAL_S,
+    }
+
+
+def connect(options: RayOptions) -> bool:
+    """Connect to the cluster, or start a local Ray; True when this process started it."""
+    import ray
+
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address not in ("auto", "local"):
+        check_reachable(address)
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+        return False
+    from maas.serving.ray.cluster import SLOW_MACHINE_ENV
+
+    for name, value in SLOW_MACHINE_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        ray.init(
+            num_cpus=options.num_cpus,
+            object_store_memory=options.object_store_bytes,
+            include_dashboard=False,
+            namespace=NAMESPACE,
+        )
+    except Exception as error:  # the raylet gives its agents ~15 s: a busy machine misses it
+        raise RayEngineError(
+            f"could not start a local Ray ({error}); on a busy machine start nodes with "
+            "maas.serving.ray.cluster.LocalCluster and pass --address"
+        ) from error
+    return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the address in the message, when nothing listens there."""
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise RayEngineError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise RayEngineError(f"no Ray cluster answers at {address}: {error}") from error
+
+
+def check_resources(options: RayOptions) -> None:
+    """A clear error when no node could ever hold a model replica."""
+    import ray
+
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0)
+    if options.replica_cpus > largest:
+        raise RayEngineError(
+            f"each model replica needs {options.replica_cpus:g} CPUs but the largest node of "
+            f"the cluster has {largest:g}: lower --replica-cpus or add nodes"
+        )
+
+
+def ingress_deployment(options: RayOptions):
+    """The ingress as a Serve deployment (no CPU reserved: it only awaits the models)."""
+    from ray import serve
+
+    return serve.deployment(
+        serve.ingress()(Ingress),
+        name="Ingress",
+        num_replicas=options.ingress_replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1024,
+    )
+
+
+class ControllerRuntime:
+    """A version deployed on Ray, as the controller's repository sees it (for warm-up)."""
+
+    def __init__(self, app: str, labels: list[str], kind: str) -> None:
+        from ray import serve
+
+        self.app = app
+        self.labels = tuple(labels)
+        self.kind = kind
+        self._handle = serve.get_app_handle(app)
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._handle.predict.remote(list(texts)).result(), dtype=np.float32)
+
+
+class RayController:
+    """Deploys the ingress and the repository's versions; publishes the routing table."""
+
+    def __init__(self, config: ServerConfig, options: RayOptions) -> None:
+        self.config = config
+        self.options = options
+        self.repository = ModelRepository(
+            config.model_repository,
+            default_policy=config.default_policy,
+            warmup_batch_sizes=(1,),  # a replica warms its own batch size when it starts
+            load_version=self._load_version,
+        )
+        self.applied: dict[str, Scaling] = {}  # app -> the scaling it was deployed with
+        self.pending_deletes: list[tuple[float, str]] = []
+        self.table: Any = None
+        self._published: Any = None
+        self._ensembles: dict[str, ModelSnapshot] = {}
+        self.started = False  # whether this controller deployed the ingress
+
+    # ---- start and stop ---------------------------------------------------------------
+
+    def start(self, host: str, port: int, ssl_files: tuple[str, str] | None = None) -> None:
+        from ray import serve
+
+        self.table = routing_table()
+        http = {"host": host, "port": port}
+        if ssl_files:
+            http.update(ssl_certfile=ssl_files[0], ssl_keyfile=ssl_files[1])
+        serve.start(http_options=http, proxy_location="HeadOnly")
+        self.started = True
+        serve.run(
+            ingress_deployment(self.options).bind(self.config), name=INGRESS_APP, route_prefix="/"
+        )
+        log.info("Ray Serve ingress on %s:%d", host, port)
+
+    def shutdown(self) -> None:
+        """Delete the applications this controller deployed (the cluster keeps running)."""
+        from ray import serve
+
+        apps = {*self.applied, *(app for _, app in self.pending_deletes)}
+        if self.started:
+            apps.add(INGRESS_APP)
+        for app in sorted(apps):
+            try:
+                serve.delete(app, _blocking=False)
+            except Exception as error:  # shutting down: report, go on with the rest
+                log.warning("could not delete %s: %s", app, error)
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Poll the repository, rescale served versions, publish, delete drained apps."""
+        dropped = self.repository.poll()
+        for loaded in dropped:
+            self._delete_later(loaded.runtime.app)
+        self._rescale()
+        self.publish()
+        self._delete_due()
+
+    def attach(self) -> None:
+        """Use the routing table without deploying the ingress (it is deployed elsewhere)."""
+        self.table = routing_table()
+
+    def publish(self) -> None:
+        models, polls = self.repository.snapshot()
+        running = running_replicas()
+        snapshot = {name: _model_snapshot(state, running) for name, state in models.items()}
+        snapshot.update(self._ensembles)
+        if snapshot != self._published:
+            import ray
+
+            ray.get(self.table.publish.remote((snapshot, polls)))
+            self._published = snapshot
+
+    def deploy_ensembles(self) -> None:
+        """Deploy each ``--ensemble``: its members' served versions, averaged in parallel."""
+        for name, members in self.options.ensembles.items():
+            self._ensembles[name] = self._deploy_ensemble(name, members)
+        self.publish()
+
+    # ---- deployments ------------------------------------------------------------------
+
+    def _load_version(self, model: str, version: int, folder: Path, config: ModelConfig):
+        app = app_name(model, version)
+        scaling = config.scaling or self.options.scaling
+        try:
+            self._deploy(app, folder, scaling, blocking=True)
+            info = _info(app)
+        except Exception:
+            self._delete_now(app)
+            raise
+        return ControllerRuntime(app, info["labels"], info["kind"])
+
+    def _deployment(self, scaling: Scaling):
+        from ray import serve
+
+        batch = self.config.max_batch_size if self.config.batching else 0
+        per_node = {}
+        if self.options.max_replicas_per_node:
+            per_node["max_replicas_per_node"] = self.options.max_replicas_per_node
+        return serve.deployment(
+            ModelVersion,
+            name="ModelVersion",
+            ray_actor_options={"num_cpus": self.options.replica_cpus},
+            autoscaling_config=autoscaling_config(scaling),
+            max_ongoing_requests=max(2 * max(batch, 1), int(4 * scaling.target_ongoing_requests)),
+            max_constructor_retry_count=2,  # a corrupt artifact fails fast, not 20 times
+            **per_node,
+            health_check_period_s=2.0,
+            health_check_timeout_s=5.0,  # a replica lost with its node is replaced sooner
+            graceful_shutdown_timeout_s=10.0,
+        )
+
+    def _deploy(self, app: str, folder: Path, scaling: Scaling, *, blocking: bool) -> None:
+        from ray import serve
+
+        batch = self.config.max_batch_size if self.config.batching else 0
+        bound = self._deployment(scaling).bind(str(folder), batch, self.config.batch_timeout_s)
+        serve._run(bound, name=app, route_prefix=None, _blocking=False)
+        self.applied[app] = scaling
+        if blocking:
+            wait_running(app, self.options.deploy_timeout_s)
+
+    def _rescale(self) -> None:
+        """Apply a changed ``scaling`` to served and warm versions (replicas are kept)."""
+        for name in self.repository.model_names():
+            config, _ = self.repository.config(name)
+            scaling = config.scaling or self.options.scaling
+            versions = {**self.repository.served(name), **self.repository.warm(name)}
+            for loaded in versions.values():
+                app = loaded.runtime.app
+                if self.applied.get(app) not in (None, scaling):
+                    log.info("model %s version %d: scaling %s", name, loaded.version, scaling)
+                    self._deploy(app, loaded.path, scaling, blocking=False)
+
+    def _deploy_ensemble(self, name: str, members: tuple[str, ...]) -> ModelSnapshot:
+        from ray import serve
+
+        bound = []
+        for member in members:
+            loaded = self.repository.resolve(member)
+            scaling = self.options.scaling
+            deployment = self._deployment(scaling).options(name=f"member-{member}")
+            batch = self.config.max_batch_size if self.config.batching else 0
+            bound.append(deployment.bind(str(loaded.path), batch, self.config.batch_timeout_s))
+        app = f"maas.ensemble.{name}"
+        ensemble = serve.deployment(
+            Ensemble, name="Ensemble", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
+        )
+        serve._run(ensemble.bind(*bound), name=app, route_prefix=None, _blocking=False)
+        self.applied[app] = self.options.scaling
+        wait_running(app, self.options.deploy_timeout_s)
+        info = _info(app)
+        served = ServedVersion(
+            app=app,
+            path="",
+            labels=tuple(info["labels"]),
+            kind="ensemble",
+            provenance={"members": list(members)},
+            loaded_at=time.time(),
+        )
+        return ModelSnapshot(ModelConfig(), "", (VersionStatus(1, AVAILABLE),), {1: served})
+
+    def _delete_later(self, app: str) -> None:
+        self.pending_deletes.append((time.monotonic() + self.options.drain_s, app))
+
+    def _delete_due(self) -> None:
+        now = time.monotonic()
+        due = [app for deadline, app in self.pending_deletes if deadline <= now]
+        self.pending_deletes = [(d, a) for d, a in self.pending_deletes if d > now]
+        for app in due:
+            self._delete_now(app)
+
+    def _delete_now(self, app: str) -> None:
+        from ray import serve
+
+        log.info("deleting Ray Serve application %s", app)
+        self.applied.pop(app, None)
+        try:
+            serve.delete(app, _blocking=False)
+        except Exception as error:  # already gone: nothing to do
+            log.warning("could not delete %s: %s", app, error)
+
+
+def _info(app: str) -> dict[str, Any]:
+    from ray import serve
+
+    return serve.get_app_handle(app).info.remote().result(timeout_s=60)
+
+
+def running_replicas() -> dict[str, int]:
+    """``{application: running replicas}`` (a lost replica or node shows here at once)."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception as error:  # the Serve controller restarting: no numbers this time
+        log.warning("cannot read replica counts: %s", error)
+        return {}
+    return {
+        name: sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+        for name, app in applications.items()
+    }
+
+
+def _model_snapshot(state, running: dict[str, int]) -> ModelSnapshot:
+    served = {
+        version: ServedVersion(
+            app=loaded.runtime.app,
+            path=str(loaded.path),
+            labels=tuple(loaded.labels),
+            kind=loaded.kind,
+            provenance=loaded.provenance,
+            loaded_at=loaded.loaded_at,
+        )
+        for version, loaded in state.served.items()
+    }
+    status = tuple(sorted(state.status.values(), key=lambda s: -s.version))
+    replicas = {v: running.get(info.app, 0) for v, info in served.items()}
+    return ModelSnapshot(state.config, state.config_error, status, served, replicas)
+
+
+def wait_running(app: str, timeout: float) -> None:
+    """Wait until a Serve application runs; a clear error when it fails or cannot schedule."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    message = "not deployed yet"
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app)
+        if status is not None:
+            details = [d.message for d in status.deployments.values() if d.message]
+            message = "; ".join([status.message, *details]).strip("; ") or str(status.status)
+            if status.status == "RUNNING":
+                return
+            if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RayEngineError(f"{app} failed to deploy: {message[:2000]}")
+        time.sleep(0.5)
+    raise RayEngineError(f"{app} did not start within {timeout:g} s: {message[:2000]}")
+
+
+def serve(
+    config: ServerConfig,
+    options: RayOptions,
+    *,
+    host: str,
+    port: int,
+    ssl_files: tuple[str, str] | None = None,
+) -> int:
+    """Run the controller until SIGTERM or SIGINT; return the exit status."""
+    import ray
+
+    try:
+        started = connect(options)
+    except (RayEngineError, ConnectionError) as error:
+        log.error("%s", error)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    controller = RayController(config, options)
+    try:
+        check_resources(options)
+        controller.start(host, port, ssl_files)
+        controller.step()
+        if options.ensembles:
+            controller.deploy_ensembles()
+        log.info(
+            "serving %s on Ray at %s",
+            config.model_repository,
+            ray.get_runtime_context().gcs_address,
+        )
+        interval = config.poll_interval_s
+        while not stop.wait(interval if interval > 0 else 1.0):
+            try:
+                if interval > 0:
+                    controller.step()
+                else:
+                    controller._delete_due()
+            except Exception:  # a vanished folder, a Ray hiccup: log, keep serving, retry
+                log.exception("updating the Ray deployments failed")
+        return 0
+    except RayEngineError as error:
+        log.error("%s", error)
+        return 2
+    finally:
+        controller.shutdown()
+        if started:
+            ray.shutdown()

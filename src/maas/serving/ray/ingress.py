@@ -1,0 +1,229 @@
+"""The Ray Serve ingress: the same FastAPI application as ``maas serve``, over Ray replicas.
+
+:class:`Ingress` builds the application with :func:`maas.serving.app.create_app` (every
+protocol, API keys, limits, metrics, access log) around a :class:`RayDataPlane`: the
+lookups of :class:`maas.serving.repository.ServedModels`, filled from the snapshots that the
+controller (:mod:`maas.serving.ray.engine`) publishes on the :class:`RoutingTable` actor.
+A served version's predictor calls its deployment through a Ray Serve handle and retries a
+call that a lost replica or node failed (counted in ``maas_backend_retries_total``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.serving.app import ServerConfig, create_app, update_model_gauges
+from maas.serving.errors import VersionUnloaded
+from maas.serving.layout import ModelConfig
+from maas.serving.metrics import Metrics
+from maas.serving.repository import LoadedVersion, ServedModels, VersionStatus, _ModelState
+from maas.serving.state import ServerState
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "maas"
+ROUTING_ACTOR = "maas-routing"
+REFRESH_S = 0.2  # how often an ingress replica looks for a new routing snapshot
+RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A served version as the ingress needs it: where it runs and what it answers."""
+
+    app: str  # the Ray Serve application holding its deployment
+    path: str
+    labels: tuple[str, ...]
+    kind: str
+    provenance: dict[str, Any]
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    config: ModelConfig
+    config_error: str
+    status: tuple[VersionStatus, ...]
+    served: dict[int, ServedVersion] = field(default_factory=dict)
+    replicas: dict[int, int] = field(default_factory=dict)  # running, per served version
+
+
+class RoutingTable:
+    """The latest routing snapshot (a Ray actor): the controller writes, ingresses read."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.snapshot: tuple[dict[str, ModelSnapshot], int] | None = None
+
+    def publish(self, snapshot: tuple[dict[str, ModelSnapshot], int]) -> int:
+        self.generation += 1
+        self.snapshot = snapshot
+        return self.generation
+
+    def read(self, known: int) -> tuple[int, Any]:
+        """``(generation, snapshot)``, or ``(known, None)`` when nothing changed."""
+        if known == self.generation:
+            return known, None
+        return self.generation, self.snapshot
+
+
+class RemoteRuntime:
+    """What the protocols read of a runtime whose model runs in Ray replicas."""
+
+    def __init__(self, labels: Sequence[str], kind: str) -> None:
+        self.labels = tuple(labels)
+        self.kind = kind
+
+
+class HandlePredictor:
+    """Calls a version's deployment; retries calls that a lost replica or node failed."""
+
+    def __init__(self, app: str, model: str, version: int, metrics: Metrics) -> None:
+        from ray import serve
+
+        self.handle = serve.get_app_handle(app)
+        self.app, self.model, self.version, self.metrics = app, model, version, metrics
+
+    async def predict(self, texts: Sequence[str]) -> np.ndarray:
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self.handle.predict.remote(list(texts))
+            except Exception as error:
+                if not _retryable(error) or attempt == RETRIES:
+                    if _retryable(error):
+                        raise VersionUnloaded(f"no replica answered: {error}") from error
+                    raise
+                name = type(error).__name__
+                self.metrics.retries.labels(self.model, str(self.version), name).inc()
+                log.warning(
+                    "model %s version %d: replica lost (%s), retrying (%d/%d)",
+                    self.model, self.version, name, attempt + 1, RETRIES,
+                )  # fmt: skip
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        return None
+
+
+def _retryable(error: BaseException) -> bool:
+    """A replica or node died, or is briefly unavailable: another replica may answer."""
+    from ray import exceptions
+    from ray.serve import exceptions as serve_exceptions
+
+    lost = (
+        exceptions.RayActorError,
+        exceptions.WorkerCrashedError,
+        exceptions.NodeDiedError,
+        exceptions.ObjectLostError,
+        serve_exceptions.ReplicaUnavailableError,
+        serve_exceptions.DeploymentUnavailableError,
+    )
+    return isinstance(error, lost)
+
+
+class RayDataPlane(ServedModels):
+    """The lookups of :class:`ServedModels`, filled from the controller's snapshots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics = Metrics()  # replaced by the server's own when its lifespan starts
+        self._predictors: dict[str, HandlePredictor] = {}
+
+    def apply(self, snapshot: tuple[dict[str, ModelSnapshot], int]) -> None:
+        models, polls = snapshot
+        states = {}
+        for name, model in models.items():
+            served = {v: self._loaded(name, v, info) for v, info in model.served.items()}
+            status = {s.version: s for s in model.status}
+            states[name] = _ModelState(model.config, model.config_error, served, status)
+        apps = {info.app for model in models.values() for info in model.served.values()}
+        self._predictors = {app: p for app, p in self._predictors.items() if app in apps}
+        self.install(states, polls)
+        self.metrics.replicas.clear()
+        for name, model in models.items():
+            for version, count in model.replicas.items():
+                self.metrics.replicas.labels(name, str(version)).set(count)
+
+    def _loaded(self, model: str, version: int, info: ServedVersion) -> LoadedVersion:
+        predictor = self._predictors.get(info.app)
+        if predictor is None:
+            predictor = HandlePredictor(info.app, model, version, self.metrics)
+            self._predictors[info.app] = predictor
+        return LoadedVersion(
+            model=model,
+            version=version,
+            path=Path(info.path),
+            runtime=RemoteRuntime(info.labels, info.kind),  # type: ignore[arg-type]
+            provenance=info.provenance,
+            loaded_at=info.loaded_at,
+            predictor=predictor,
+        )
+
+
+def routing_table() -> Any:
+    """The routing table actor, created by whichever of controller and ingress comes first."""
+    import ray
+
+    return (
+        ray.remote(RoutingTable)
+        .options(name=ROUTING_ACTOR, namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
+        .remote()
+    )
+
+
+@contextlib.asynccontextmanager
+async def follow_routing(state: ServerState) -> AsyncIterator[None]:
+    """The ingress lifespan: keep the data plane in line with the routing table."""
+
+    plane: RayDataPlane = state.repository  # type: ignore[assignment]
+    plane.metrics = state.metrics
+    table = routing_table()
+    task = asyncio.create_task(_refresh_forever(table, plane, state))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _refresh_forever(table: Any, plane: RayDataPlane, state: ServerState) -> None:
+    generation = 0
+    while True:
+        try:
+            generation, snapshot = await table.read.remote(generation)
+            if snapshot is not None:
+                plane.apply(snapshot)
+                update_model_gauges(state)
+        except Exception:  # the controller is gone or restarting: keep the last snapshot
+            log.exception("reading the routing table failed; serving the last snapshot")
+            await asyncio.sleep(2.0)
+        await asyncio.sleep(REFRESH_S)
+
+
+def build_app(config: ServerConfig):  # -> FastAPI
+    """The application an ingress replica serves."""
+    return create_app(config, data_plane=RayDataPlane(), lifespan=follow_routing)
+
+
+class Ingress:
+    """The ingress deployment's class (:func:`ray.serve.ingress` defers the app to here)."""
+
+    def __init__(self, config: ServerConfig, controller: Any = None) -> None:
+        self.config = config
+        self.controller = controller  # the service's controller deployment, if any
+        # A replica's root logger has no handler: give the access log (maas.access) one.
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def __serve_build_asgi_app__(self):  # noqa: N807  (Ray Serve's hook name)
+        return build_app(self.config)

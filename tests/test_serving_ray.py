@@ -1,0 +1,155 @@
+"""``maas serve --engine ray`` on a 2-node Ray cluster in a private network namespace.
+
+One run of ``tests/ray_scenario.py`` per module (a cluster takes a minute to start on two
+cores): a head and a second node, the server on them, and under real HTTP load on
+127.0.0.1 the phases below, each asserted here from what the scenario recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_support import ROOT, tflite_artifact
+
+from maas.runtime import load_runtime
+
+PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
+TEXTS = ["the shuttle launch was delayed", "my car engine stalls", "a bill on gun sales"]
+
+pytestmark = pytest.mark.slow
+
+
+def private_network_or_skip() -> Path:
+    tool = Path(os.environ.get("MAAS_PRIVATE_NETWORK", PRIVATE_NETWORK))
+    if not tool.is_file():
+        pytest.skip(f"no private-network tool at {tool}: Ray must not bind the machine's address")
+    probe = subprocess.run([str(tool), "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private network namespace: {probe.stderr.strip()[:300]}")
+    return tool
+
+
+@pytest.fixture(scope="module")
+def lite(small_project, tmp_path_factory):
+    return tflite_artifact(small_project / "models" / "classifier", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def scenario(lite, tmp_path_factory):
+    tool = private_network_or_skip()
+    work = tmp_path_factory.mktemp("ray")
+    repo = work / "repo"
+    for model in ("news", "news2"):
+        shutil.copytree(lite, repo / model / "1")
+    (repo / "news" / "config.yaml").write_text(
+        "keep_previous: 1\nscaling: {min_replicas: 1, max_replicas: 2, "
+        "target_ongoing_requests: 2, upscale_delay_s: 1, downscale_delay_s: 4}\n"
+    )
+    out = work / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [str(tool), sys.executable, str(ROOT / "tests" / "ray_scenario.py")]
+    command += ["--repo", str(repo), "--lite", str(lite), "--work", str(work), "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=1500, env=env)
+    if not out.exists():
+        pytest.fail(f"the scenario recorded nothing:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    results = json.loads(out.read_text())
+    results["server_log"] = (work / "server.log").read_text(errors="replace")
+    return results
+
+
+def phase(results: dict, name: str) -> dict:
+    record = results.get(name)
+    assert record is not None, (
+        f"phase {name} did not run: {results.get('phases')} {results.get('startup_error', '')}"
+    )
+    assert "error" not in record, f"phase {name}: {record['error']}"
+    return record
+
+
+def test_every_protocol_answers_through_the_ray_ingress(scenario, lite):
+    record = phase(scenario, "protocols")
+    expected = load_runtime(lite).predict(TEXTS)
+    rows = np.array([row["probabilities"] for row in record["v1"]["predictions"]])
+    np.testing.assert_allclose(rows, expected, atol=1e-5)
+    v2 = {o["name"]: o for o in record["v2"]["outputs"]}
+    np.testing.assert_allclose(
+        np.reshape(v2["probabilities"]["data"], (3, -1)), expected, atol=1e-5
+    )
+    assert record["v2"]["model_version"] == "1"
+    assert [p["label"] for p in record["seed"]["predictions"]] == v2["labels"]["data"]
+    assert record["status"]["model_version_status"][0]["state"] == "AVAILABLE"
+    assert record["ready"] == 200
+    assert record["bad"][0] == 400 and "exactly one input" in record["bad"][1]["error"]
+    assert record["missing"][0] == 404 and "not found" in record["missing"][1]["error"]
+    assert any('model="news"' in line and 'code="200"' in line for line in record["metrics"])
+    assert '"event": "access"' in scenario["server_log"]  # the access log, from the replica
+
+
+def test_the_ensemble_averages_its_members(scenario):
+    record = phase(scenario, "ensemble")
+    probabilities = record["probabilities"]
+    mean = (np.array(probabilities["news"]) + np.array(probabilities["news2"])) / 2
+    np.testing.assert_allclose(probabilities["both"], mean, atol=1e-5)
+    assert record["metadata"]["platform"] == "ensemble"
+
+
+def test_replicas_grow_onto_both_nodes_under_load_and_shrink_after(scenario):
+    record = phase(scenario, "autoscaling")
+    counts = [count for _, count, _ in record["up"]]
+    assert counts[0] == 1 and max(counts) >= 2
+    assert len(record["up"][-1][2]) == 2, "the replicas never spread over both nodes"
+    assert record["down"][-1][1] == 1, "the replicas did not return to the minimum"
+    assert record["load"]["requests"] > 50 and record["load"]["failed"] == 0, record["load"]
+
+
+def test_a_new_version_rolls_out_and_a_warm_rollback_is_fast(scenario):
+    record = phase(scenario, "rolling_update")
+    assert record["versions_answered"] == ["1", "2"]
+    assert record["load"]["failed"] == 0, record["load"]
+    assert record["warm_replicas_of_v1"] >= 1  # kept deployed: keep_previous 1
+    # The controller polls every 0.5 s and the ingress refreshes every 0.2 s.
+    assert record["rollback_seconds"] < 1.5
+
+
+def test_a_broken_config_is_reported_and_the_model_keeps_serving(scenario):
+    record = phase(scenario, "broken_config")
+    assert record["status"]["config_error"].startswith("news/config.yaml")
+    assert record["answer_code"] == 200
+
+
+def test_bad_addresses_and_resources_give_clear_errors(scenario):
+    record = phase(scenario, "bad_input")
+    assert record["unreachable"]["code"] == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in record["unreachable"]["log"]
+    assert record["resources"]["code"] == 2
+    assert "largest node" in record["resources"]["log"]
+    assert record["still_serving"] in ("1", "2")
+
+
+def test_losing_a_replica_then_a_node_loses_no_request(scenario):
+    record = phase(scenario, "faults")
+    assert len(record["spread"][-1][2]) == 2
+    assert record["back"][-1][1] >= 2, "the killed replica was not replaced"
+    assert record["after_node"], "no replica left after the node died"
+    # Measured: 0 failed in 3 of 4 runs; in one, 4 of 1,162 requests got a 500 from Ray
+    # Serve's proxy (not the ingress) 1.8 s after the node was killed. The bound: 1 %.
+    load = record["load"]
+    assert load["requests"] > 20 and load["failed"] <= 0.01 * load["requests"], load
+    assert all(code in (0, 500, 503) for _, code, _ in load["failures"]), load
+    # The loss shows in the log (Ray Serve's router and controller name the lost replica).
+    # The replicas gauge is on /metrics: in one run it read 1 for the 30 s sampled after the
+    # node was killed, in another Ray still counted the lost replica (2) all that time, so
+    # only its range is asserted.
+    lost = r"app='maas\.news\.1'\)[^\n]*(has died|will be stopped)|terminated unexpectedly"
+    assert re.search(lost, scenario["server_log"]), "the lost replica is not in the log"
+    gauges = record["replica_gauges"]
+    counts = [float(line.split()[-1]) for line in gauges if 'version="1"' in line]
+    assert counts and {1.0, 2.0} >= set(counts), gauges
