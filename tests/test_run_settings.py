@@ -87,5 +87,5 @@ def test_run_settings_re_run_nothing_and_stage_parameters_do(project: Path):
         for key, value in values.items():
             edit(project, f"settings.{stage}.{key}", value * 2)
     assert changed_stages(project) == set()
-    edit(project, "train.epochs", 3)
+    edit(project, "train.seed", 3)
     assert changed_stages(project) == {"train"}

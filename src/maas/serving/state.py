@@ -56,7 +56,7 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.maas
 
 
-def is_ready(repository: ModelRepository) -> bool:
+def is_ready(repository: ServedModels) -> bool:
     """Readiness, for every protocol: polled once, and every model has a version serving."""
     names = repository.model_names()
     waiting = [name for name in names if not repository.served(name)]
