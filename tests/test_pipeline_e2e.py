@@ -109,7 +109,8 @@ def test_repro_shows_progress_and_no_native_noise(repo):
     for stage in ("data", "train", "evaluate", "compress", "serve"):
         assert f"stage {stage}: started" in log, stage
         assert re.search(rf"stage {stage}: done in \d+\.\d s", log), stage
-    epochs = SMALL_OVERRIDES["train"]["epochs"]
+    train = SMALL_OVERRIDES["train"]
+    epochs = train[train["architecture"]]["epochs"]
     assert f"train: epoch {epochs}/{epochs}" in log
     assert "distilled: epoch 1/" in log
     for variant in SMALL_OVERRIDES["compress"]["variants"]:
