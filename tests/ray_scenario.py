@@ -1,7 +1,8 @@
 """The Ray engine on a 2-node cluster: run inside ``in-private-network``, observe, write JSON.
 
 ``python tests/ray_scenario.py --repo DIR --work DIR --out FILE`` starts a head and a second
-node (``maas.serving.ray.cluster``), ``maas serve --engine ray --address`` on them, and goes
+node (``maas.serving.ray.cluster``), ``maas serve --engine ray`` on them (the cluster from
+``RAY_ADDRESS``, HTTPS with a throwaway CA, an API key from the environment), and goes
 through the phases below under real HTTP load on 127.0.0.1, writing what it observed (answers,
 status codes, replica counts and nodes over time, seconds) to ``--out`` after every phase.
 ``tests/test_serving_ray.py`` runs it once per module and asserts on that record.
@@ -26,12 +27,24 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from serving_support import make_certificates  # noqa: E402  (this folder is on sys.path)
+
+from maas.registry import operations  # noqa: E402
+from maas.serving import layout  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
 
 PORT = 8600
-URL = f"http://127.0.0.1:{PORT}"
+URL = f"https://127.0.0.1:{PORT}"  # TLS at Ray Serve's proxy, API keys at the ingress
+API_KEY = "ray-scenario-key"
+KEYS_ENV = "MAAS_RAY_SCENARIO_KEYS"
+TLS: dict[str, Path] = {}  # the throwaway CA and server certificate, made in main()
 APP = "maas.news.{}"
 TEXTS = ["the shuttle launch was delayed", "my car engine stalls", "a bill on gun sales"]
+
+
+def client(timeout: float = 30, *, key: str | None = API_KEY) -> httpx.Client:
+    headers = {"x-api-key": key} if key else {}
+    return httpx.Client(base_url=URL, timeout=timeout, verify=str(TLS["ca"]), headers=headers)
 
 
 def infer_body(texts: list[str]) -> dict:
@@ -53,10 +66,10 @@ class Load:
             thread.start()
 
     def _run(self, model: str) -> None:
-        with httpx.Client(base_url=URL, timeout=60) as client:
+        with client(60) as http:
             while not self.stop_event.is_set():
                 try:
-                    response = client.post(f"/v2/models/{model}/infer", json=infer_body(TEXTS[:1]))
+                    response = http.post(f"/v2/models/{model}/infer", json=infer_body(TEXTS[:1]))
                     version = (
                         response.json().get("model_version", "") if response.is_success else ""
                     )
@@ -90,6 +103,21 @@ class Observer:
                 found.append({"pid": actor["Pid"], "node": actor["Address"]["NodeID"]})
         return found
 
+    def placement(self) -> dict:
+        """The head node, and the nodes of the ingress replicas and of the routing table."""
+        import ray
+        from ray._private import state
+
+        head = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]]
+        found: dict = {"head": head, "ingress": [], "routing": []}
+        for actor in state.actors(actor_state_name="ALIVE").values():
+            name = actor.get("ActorClassName", "")
+            if name.startswith("ServeReplica:maas:Ingress"):
+                found["ingress"].append(actor["Address"]["NodeID"])
+            elif name == "RoutingTable":
+                found["routing"].append(actor["Address"]["NodeID"])
+        return found
+
     def timeline(self, app: str, until, timeout: float, interval: float = 0.5) -> list:
         """``[(time, replicas, nodes)]`` until ``until(replicas)`` or ``timeout``."""
         points = []
@@ -114,8 +142,14 @@ def wait_for(condition, timeout: float, interval: float = 0.2) -> float:
 
 
 def answering(model: str = "news") -> str:
-    response = httpx.post(f"{URL}/v2/models/{model}/infer", json=infer_body(TEXTS[:1]), timeout=30)
+    with client() as http:
+        response = http.post(f"/v2/models/{model}/infer", json=infer_body(TEXTS[:1]))
     return response.json().get("model_version", "") if response.is_success else ""
+
+
+def ready() -> bool:
+    with client() as http:
+        return http.get("/v2/health/ready").status_code == 200
 
 
 def write_config(repo: Path, text: str) -> None:
@@ -126,31 +160,41 @@ def write_config(repo: Path, text: str) -> None:
 
 
 def phase_protocols() -> dict:
-    with httpx.Client(base_url=URL, timeout=30) as client:
-        v1 = client.post("/v1/models/news:predict", json={"instances": TEXTS}).json()
-        v2 = client.post("/v2/models/news/infer", json=infer_body(TEXTS)).json()
-        seed = client.post("/predict", json={"texts": TEXTS, "model": "news"}).json()
-        status = client.get("/v1/models/news").json()
-        bad = client.post("/v2/models/news/infer", json={"inputs": []})
-        missing = client.post("/v2/models/nope/infer", json=infer_body(TEXTS))
-        metrics = client.get("/metrics").text
-        ready = client.get("/v2/health/ready").status_code
+    with client() as http:
+        v1 = http.post("/v1/models/news:predict", json={"instances": TEXTS}).json()
+        v2 = http.post("/v2/models/news/infer", json=infer_body(TEXTS)).json()
+        seed = http.post("/predict", json={"texts": TEXTS, "model": "news"}).json()
+        status = http.get("/v1/models/news").json()
+        bad = http.post("/v2/models/news/infer", json={"inputs": []})
+        missing = http.post("/v2/models/nope/infer", json=infer_body(TEXTS))
+        metrics = http.get("/metrics").text
+        ready_code = http.get("/v2/health/ready").status_code
+    keyless = {}
+    for name, key in (("none", None), ("wrong", "not-the-key")):
+        with client(key=key) as http:
+            answer = http.post("/v2/models/news/infer", json=infer_body(TEXTS))
+            keyless[name] = [answer.status_code, answer.json()]
+    try:  # plain HTTP on the TLS port
+        plain = httpx.get(f"http://127.0.0.1:{PORT}/v2/health/ready", timeout=10).status_code
+    except httpx.HTTPError as error:
+        plain = type(error).__name__
     return {
-        "v1": v1, "v2": v2, "seed": seed, "status": status, "ready": ready,
+        "v1": v1, "v2": v2, "seed": seed, "status": status, "ready": ready_code,
         "bad": [bad.status_code, bad.json()], "missing": [missing.status_code, missing.json()],
         "metrics": [line for line in metrics.splitlines() if line.startswith("maas_requests")],
+        "keyless": keyless, "plain_http": plain,
     }  # fmt: skip
 
 
 def phase_ensemble() -> dict:
-    with httpx.Client(base_url=URL, timeout=30) as client:
+    with client() as http:
         outputs = {}
         for model in ("news", "news2", "both"):
-            body = client.post(f"/v2/models/{model}/infer", json=infer_body(TEXTS)).json()
+            body = http.post(f"/v2/models/{model}/infer", json=infer_body(TEXTS)).json()
             outputs[model] = next(
                 o["data"] for o in body["outputs"] if o["name"] == "probabilities"
             )
-        metadata = client.get("/v2/models/both").json()
+        metadata = http.get("/v2/models/both").json()
     return {"probabilities": outputs, "metadata": metadata}
 
 
@@ -176,15 +220,11 @@ def phase_rolling_update(repo: Path, lite: Path, observer: Observer) -> dict:
     seconds = wait_for(lambda: answering() == "2", timeout=180)
     time.sleep(4)  # the old version drains and is kept warm
     warm = observer.replicas(APP.format(1))
-    # The rollback, as `maas models rollback` writes it: version 1 is warm, a label switch.
+    # The rollback's switch, with the calls `maas models rollback --server` makes once the
+    # bytes are in place (version 1 is, and warm): pin it in config.yaml, wait for the server.
     rollback_start = time.monotonic()
-    write_config(
-        repo,
-        "version_policy: specific\nversions: [1]\nlabels: {production: 1}\nkeep_previous: 1\n"
-        "scaling: {min_replicas: 1, max_replicas: 2, target_ongoing_requests: 2,"
-        " upscale_delay_s: 1, downscale_delay_s: 4}\n",
-    )
-    rollback = wait_for(lambda: answering() == "1", timeout=60, interval=0.02)
+    layout.pin_version(repo / "news", 1, label="production")
+    rollback = operations.wait_until_served(URL, "news", 1, timeout=60, api_key=API_KEY)
     time.sleep(3)
     loaded = load.stop()
     versions = sorted({v for _, code, v in load.records if code == 200})
@@ -195,14 +235,87 @@ def phase_rolling_update(repo: Path, lite: Path, observer: Observer) -> dict:
     }  # fmt: skip
 
 
+REGISTRY_PROJECT = """\
+stages:
+  train:  # stands in for training: the next version's artifact, copied in
+    cmd: mkdir -p models && cp -r incoming models/classifier
+    deps: [incoming]
+    outs: [models/classifier]
+artifacts:
+  classifier: {path: models/classifier, type: model}
+"""
+
+
+def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
+    """``maas models register/promote/rollback`` on a git + DVC project, served on Ray.
+
+    Two registered versions (a TFLite and a SavedModel artifact), each promoted to ``prod``
+    of the served model ``news``, then ``rollback``: the commands the README gives, run as
+    processes, with ``--server`` (HTTPS, the API key from the environment) under load.
+    """
+    project = work / "project"
+    project.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def run(*command: str | Path, timeout: float = 300) -> float:
+        start = time.monotonic()
+        done = subprocess.run(
+            [str(c) for c in command], cwd=project, env=env, timeout=timeout,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return time.monotonic() - start
+
+    dvc = Path(sys.executable).parent / "dvc"
+    maas = [sys.executable, "-m", "maas.cli", "models"]
+    serve = ["--model-repository", repo, "--model-name", "news", "--server", URL]
+    serve += ["--api-key-env", KEYS_ENV]
+    run("git", "init", "-q", "-b", "main")
+    run("git", "config", "user.name", "Scenario")
+    run("git", "config", "user.email", "scenario@example.com")
+    run(dvc, "init", "-q")
+    (project / "dvc.yaml").write_text(REGISTRY_PROJECT)
+    (project / ".gto").write_text("stages: [dev, staging, prod]\n")
+    (project / ".gitignore").write_text("/incoming\n")
+    for number, artifact in enumerate(artifacts, start=1):
+        shutil.rmtree(project / "incoming", ignore_errors=True)
+        shutil.copytree(artifact, project / "incoming")
+        run(dvc, "repro", "-q")
+        run("git", "add", "-A")
+        run("git", "commit", "-qm", f"version {number}")
+        run(*maas, "register", "classifier", "--version", f"v{number}", "--no-push")
+    load = Load(4)
+    time.sleep(1)
+    seconds = {}
+    answered = {}
+    for step, command in [
+        ("promote_v1", ["promote", "classifier", "v1", "--stage", "prod"]),
+        ("promote_v2", ["promote", "classifier", "v2", "--stage", "prod"]),
+        ("rollback", ["rollback", "classifier", "--stage", "prod"]),
+    ]:
+        seconds[step] = run(*maas, *command, *serve)
+        answered[step] = answering()
+    time.sleep(2)
+    loaded = load.stop()
+    return {
+        "seconds": seconds, "answered": answered, "load": loaded,
+        "versions_answered": sorted({v for _, code, v in load.records if code == 200}),
+        "listing": subprocess.run(
+            [*maas, "list", "classifier", "--json"], cwd=project, env=env,
+            capture_output=True, text=True, timeout=120,
+        ).stdout,
+    }  # fmt: skip
+
+
 def phase_broken_config(repo: Path) -> dict:
     path = repo / "news" / "config.yaml"
     good = path.read_text()
     path.write_text("version_policy: [")
     time.sleep(3)
-    with httpx.Client(base_url=URL, timeout=30) as client:
-        status = client.get("/v1/models/news").json()
-        answer = client.post("/v2/models/news/infer", json=infer_body(TEXTS[:1]))
+    with client() as http:
+        status = http.get("/v1/models/news").json()
+        answer = http.post("/v2/models/news/infer", json=infer_body(TEXTS[:1]))
     write_config(repo, good)
     return {"status": status, "answer_code": answer.status_code}
 
@@ -215,6 +328,7 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     )
     app = APP.format(1)
     spread = observer.timeline(app, lambda r: len({x["node"] for x in r}) >= 2, timeout=120)
+    placement = observer.placement()
     load = Load(4)
     time.sleep(2)
     victim = observer.replicas(app)[0]
@@ -228,19 +342,44 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     cluster.kill_node(1)
     gauges = []
     prefix = 'maas_replicas{model="news"'
-    for _ in range(60):  # the replicas gauge on /metrics while Ray notices and reacts
-        time.sleep(0.5)
-        text = httpx.get(f"{URL}/metrics", timeout=30).text
-        gauges += [line for line in text.splitlines() if line.startswith(prefix)]
-    after_node = observer.replicas(app)
-    loaded = load.stop()
-    metrics = httpx.get(f"{URL}/metrics", timeout=30).text
+    with client() as http:
+        for _ in range(60):  # the replicas gauge on /metrics while Ray notices and reacts
+            time.sleep(0.5)
+            text = http.get("/metrics").text
+            gauges += [line for line in text.splitlines() if line.startswith(prefix)]
+        after_node = observer.replicas(app)
+        loaded = load.stop()
+        metrics = http.get("/metrics").text
     return {
         "spread": spread, "victim": victim, "killed_at": killed_at, "back": back,
         "node_killed_at": node_killed_at, "after_node": after_node, "load": loaded,
         "retries": [line for line in metrics.splitlines() if line.startswith("maas_backend")],
-        "replica_gauges": gauges,
+        "replica_gauges": gauges, "placement": placement,
     }  # fmt: skip
+
+
+def phase_routing_lost(observer: Observer) -> dict:
+    """Kill the routing table actor under load: a new one is made and filled again."""
+    import ray
+
+    from maas.serving.ray.ingress import NAMESPACE, ROUTING_ACTOR
+
+    load = Load(2)
+    time.sleep(1)
+    old = ray.get_actor(ROUTING_ACTOR, namespace=NAMESPACE)
+    ray.kill(old, no_restart=True)
+
+    def refilled() -> bool:  # a new table actor, holding the served models again
+        try:
+            table = ray.get_actor(ROUTING_ACTOR, namespace=NAMESPACE)  # ValueError: none yet
+            _, snapshot = ray.get(table.read.remote(-1), timeout=10)
+        except ray.exceptions.RayError:  # the old one, still dying
+            return False
+        return table._actor_id != old._actor_id and snapshot is not None and "news" in snapshot[0]
+
+    refilled_seconds = wait_for(refilled, timeout=60)
+    time.sleep(2)  # requests on the refilled table too
+    return {"refilled_seconds": refilled_seconds, "load": load.stop()}
 
 
 def bad_input(cluster: LocalCluster, repo: Path, work: Path) -> dict:
@@ -261,6 +400,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--lite", type=Path, required=True)
+    parser.add_argument("--saved-model", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -274,16 +414,24 @@ def main() -> int:
     try:
         cluster.add_node(2, head=True)
         cluster.add_node(2)
+        TLS.update(make_certificates(args.work))
+        os.environ["SSL_CERT_FILE"] = str(TLS["ca"])  # how `maas models --server` trusts it
+        os.environ[KEYS_ENV] = API_KEY  # the server's key, and `maas models --api-key-env`'s
+        registry_artifacts = [args.lite, args.saved_model]
+        # The cluster's address from RAY_ADDRESS (bad_input passes --address), the key hashed
+        # from the environment, TLS at the proxy: what an operator runs on a real cluster.
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+        env["RAY_ADDRESS"] = cluster.address
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]
-        command += ["--engine", "ray", "--address", cluster.address, "--port", str(PORT)]
+        command += ["--engine", "ray", "--port", str(PORT), "--api-keys-env", KEYS_ENV]
+        command += ["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])]
         command += ["--poll-interval", "0.5", "--replica-cpus", "0.5", "--max-batch-size", "8"]
         command += ["--ensemble", "both=news,news2", "--max-replicas-per-node", "1"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
         try:
-            wait_for(lambda: httpx.get(f"{URL}/v2/health/ready").status_code == 200, timeout=300)
+            wait_for(ready, timeout=300)
             wait_for(lambda: answering("both") == "1", timeout=120)
         except TimeoutError as error:
             results["startup_error"] = f"{error}; server exit code {server.poll()}"
@@ -296,8 +444,10 @@ def main() -> int:
             ("autoscaling", lambda: phase_autoscaling(observer, clients=16)),
             ("rolling_update", lambda: phase_rolling_update(args.repo, args.lite, observer)),
             ("broken_config", lambda: phase_broken_config(args.repo)),
+            ("registry", lambda: phase_registry(args.work, args.repo, registry_artifacts)),
             ("bad_input", lambda: bad_input(cluster, args.repo, args.work)),
             ("faults", lambda: phase_faults(args.repo, cluster, observer)),
+            ("routing_lost", lambda: phase_routing_lost(observer)),
         ]:
             phase_start = time.monotonic()
             try:

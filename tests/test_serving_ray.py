@@ -43,7 +43,7 @@ def lite(small_project, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scenario(lite, tmp_path_factory):
+def scenario(lite, small_project, tmp_path_factory):
     tool = private_network_or_skip()
     work = tmp_path_factory.mktemp("ray")
     repo = work / "repo"
@@ -57,6 +57,7 @@ def scenario(lite, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}
     command = [str(tool), sys.executable, str(ROOT / "tests" / "ray_scenario.py")]
     command += ["--repo", str(repo), "--lite", str(lite), "--work", str(work), "--out", str(out)]
+    command += ["--saved-model", str(small_project / "models" / "classifier")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=1500, env=env)
     if not out.exists():
         pytest.fail(f"the scenario recorded nothing:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
@@ -89,6 +90,11 @@ def test_every_protocol_answers_through_the_ray_ingress(scenario, lite):
     assert record["ready"] == 200
     assert record["bad"][0] == 400 and "exactly one input" in record["bad"][1]["error"]
     assert record["missing"][0] == 404 and "not found" in record["missing"][1]["error"]
+    # The server was started with RAY_ADDRESS (no --address), TLS and an API key.
+    for name in ("none", "wrong"):
+        code, body = record["keyless"][name]
+        assert code == 401 and "key" in body["error"], record["keyless"]
+    assert record["plain_http"] not in (200, 401), "plain HTTP answered on the TLS port"
     assert any('model="news"' in line and 'code="200"' in line for line in record["metrics"])
     assert '"event": "access"' in scenario["server_log"]  # the access log, from the replica
 
@@ -119,6 +125,18 @@ def test_a_new_version_rolls_out_and_a_warm_rollback_is_fast(scenario):
     assert record["rollback_seconds"] < 1.5
 
 
+def test_maas_models_promote_and_rollback_act_on_the_ray_deployment(scenario):
+    record = phase(scenario, "registry")
+    v1, v2 = "1000000", "2000000"  # v1.0.0 (TFLite) and v2.0.0 (SavedModel), as served
+    assert record["answered"] == {"promote_v1": v1, "promote_v2": v2, "rollback": v1}
+    assert {v1, v2} <= set(record["versions_answered"]), record["versions_answered"]
+    assert record["load"]["failed"] == 0, record["load"]
+    # v1 was kept warm (keep_previous 1): the rollback is a switch, not a deployment.
+    assert record["seconds"]["rollback"] < record["seconds"]["promote_v2"]
+    listing = {v["version"]: v["stages"] for v in json.loads(record["listing"])}
+    assert listing == {"v1.0.0": ["prod"], "v2.0.0": []}
+
+
 def test_a_broken_config_is_reported_and_the_model_keeps_serving(scenario):
     record = phase(scenario, "broken_config")
     assert record["status"]["config_error"].startswith("news/config.yaml")
@@ -136,6 +154,10 @@ def test_bad_addresses_and_resources_give_clear_errors(scenario):
 
 def test_losing_a_replica_then_a_node_loses_no_request(scenario):
     record = phase(scenario, "faults")
+    # The ingress and the routing table sit on the head: the killed node never holds them.
+    placement = record["placement"]
+    assert len(placement["head"]) == 1 and placement["ingress"] and placement["routing"]
+    assert set(placement["ingress"]) | set(placement["routing"]) == set(placement["head"])
     assert len(record["spread"][-1][2]) == 2
     assert record["back"][-1][1] >= 2, "the killed replica was not replaced"
     assert record["after_node"], "no replica left after the node died"
@@ -153,3 +175,11 @@ def test_losing_a_replica_then_a_node_loses_no_request(scenario):
     gauges = record["replica_gauges"]
     counts = [float(line.split()[-1]) for line in gauges if 'version="1"' in line]
     assert counts and {1.0, 2.0} >= set(counts), gauges
+
+
+def test_a_lost_routing_table_is_made_again_and_refilled(scenario):
+    record = phase(scenario, "routing_lost")
+    assert record["refilled_seconds"] < 10, record
+    load = record["load"]
+    assert load["requests"] > 10 and load["failed"] == 0, load
+    assert "the routing table was lost" in scenario["server_log"]

@@ -32,10 +32,12 @@ from maas.serving.layout import ModelConfig, Scaling
 from maas.serving.ray.deployments import Ensemble, ModelVersion
 from maas.serving.ray.ingress import (
     NAMESPACE,
+    ON_HEAD,
     Ingress,
     ModelSnapshot,
     ServedVersion,
     routing_table,
+    routing_table_lost,
 )
 from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
 
@@ -136,14 +138,15 @@ def check_resources(options: RayOptions) -> None:
 
 
 def ingress_deployment(options: RayOptions):
-    """The ingress as a Serve deployment (no CPU reserved: it only awaits the models)."""
+    """The ingress as a Serve deployment: no CPU reserved (it only awaits the models), on the
+    head beside the only proxy, so a worker node's loss never takes it."""
     from ray import serve
 
     return serve.deployment(
         serve.ingress()(Ingress),
         name="Ingress",
         num_replicas=options.ingress_replicas,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD},
         max_ongoing_requests=1024,
     )
 
@@ -179,6 +182,7 @@ class RayController:
         self.pending_deletes: list[tuple[float, str]] = []
         self.table: Any = None
         self._published: Any = None
+        self._generation = -1  # the routing table's generation after our last publish
         self._ensembles: dict[str, ModelSnapshot] = {}
         self.started = False  # whether this controller deployed the ingress
 
@@ -227,15 +231,39 @@ class RayController:
         self.table = routing_table()
 
     def publish(self) -> None:
+        """Publish what is served when it changed, or when the routing table lost it."""
         models, polls = self.repository.snapshot()
         running = running_replicas()
         snapshot = {name: _model_snapshot(state, running) for name, state in models.items()}
         snapshot.update(self._ensembles)
-        if snapshot != self._published:
+        if snapshot != self._published or not self._table_holds_ours():
             import ray
 
-            ray.get(self.table.publish.remote((snapshot, polls)))
+            try:
+                self._generation = ray.get(self.table.publish.remote((snapshot, polls)))
+            except Exception as error:
+                if not routing_table_lost(error):
+                    raise
+                self._replace_table(error)
+                self._generation = ray.get(self.table.publish.remote((snapshot, polls)))
             self._published = snapshot
+
+    def _table_holds_ours(self) -> bool:
+        """One small call per step: a table made anew (its actor died) must be filled again."""
+        import ray
+
+        try:
+            generation, _ = ray.get(self.table.read.remote(self._generation))
+        except Exception as error:
+            if not routing_table_lost(error):
+                raise
+            self._replace_table(error)
+            return False
+        return generation == self._generation
+
+    def _replace_table(self, error: BaseException) -> None:
+        log.warning("the routing table was lost (%s); publishing to a new one", error)
+        self.table = routing_table()
 
     def deploy_ensembles(self) -> None:
         """Deploy each ``--ensemble``: its members' served versions, averaged in parallel."""

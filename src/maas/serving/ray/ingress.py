@@ -33,6 +33,11 @@ NAMESPACE = "maas"
 ROUTING_ACTOR = "maas-routing"
 REFRESH_S = 0.2  # how often an ingress replica looks for a new routing snapshot
 RETRIES = 3
+# Ray's marker resource of the head node (Ray Train pins its state actor the same way). The
+# head holds the GCS, the Serve controller and the only HTTP proxy (proxy_location HeadOnly),
+# so the routing table and the ingress placed there are lost only with the whole cluster:
+# losing a worker node then costs model replicas alone, which the ingress retries.
+ON_HEAD = {"node:__internal_head__": 0.001}
 
 
 @dataclass(frozen=True)
@@ -175,9 +180,22 @@ def routing_table() -> Any:
 
     return (
         ray.remote(RoutingTable)
-        .options(name=ROUTING_ACTOR, namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
+        .options(
+            name=ROUTING_ACTOR,
+            namespace=NAMESPACE,
+            num_cpus=0,
+            resources=ON_HEAD,
+            get_if_exists=True,
+        )
         .remote()
     )
+
+
+def routing_table_lost(error: BaseException) -> bool:
+    """The routing table actor is gone for good (``routing_table()`` makes a new, empty one)."""
+    from ray import exceptions
+
+    return isinstance(error, exceptions.ActorDiedError)
 
 
 @contextlib.asynccontextmanager
@@ -204,8 +222,10 @@ async def _refresh_forever(table: Any, plane: RayDataPlane, state: ServerState) 
             if snapshot is not None:
                 plane.apply(snapshot)
                 update_model_gauges(state)
-        except Exception:  # the controller is gone or restarting: keep the last snapshot
+        except Exception as error:  # the controller is gone or restarting: keep the last snapshot
             log.exception("reading the routing table failed; serving the last snapshot")
+            if routing_table_lost(error):  # the controller publishes to the new one
+                table, generation = routing_table(), 0
             await asyncio.sleep(2.0)
         await asyncio.sleep(REFRESH_S)
 

@@ -25,6 +25,7 @@ from typing import Any
 from maas.serving.app import ServerConfig
 from maas.serving.layout import Scaling
 from maas.serving.ray.engine import RayController, RayOptions, ingress_deployment
+from maas.serving.ray.ingress import ON_HEAD
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,6 @@ def app(args: dict[str, Any]):  # -> ray.serve.Application
         RepositoryController,
         name="RepositoryController",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD},
     ).bind(config, options)
     return ingress_deployment(options).bind(config, controller)
