@@ -385,7 +385,7 @@ def phase_routing_lost(observer: Observer) -> dict:
 def bad_input(cluster: LocalCluster, repo: Path, work: Path) -> dict:
     serve = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(repo)]
     serve += ["--engine", "ray", "--port", "8700"]
-    results = {}
+    results = {"serving_before": answering()}
     for name, extra in {
         "unreachable": ["--address", "127.0.0.1:1"],
         "resources": ["--address", cluster.address, "--replica-cpus", "64"],
