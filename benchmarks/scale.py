@@ -33,12 +33,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the load generator of benchmarks/serving.py
 
-from serving import Server, load, requests_for, sample_texts  # noqa: E402
+from serving import (  # noqa: E402
+    Server,
+    load,
+    requests_for,
+    sample_texts,
+    throughput_and_latency,
+)
 
 from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
@@ -324,20 +328,7 @@ def figure(rows: list[dict], extra: dict, path: Path) -> None:
     left, middle, right = fig.subplots(1, 3)
     named = [r for r in rows if r["clients"] > 1]
     labels = [f"{r['server']}\n{r['clients']} clients" for r in named]
-    y = np.arange(len(named))
-    left.barh(y, [r["throughput_rps"] for r in named])
-    left.set_yticks(y, labels, fontsize=7)
-    left.invert_yaxis()
-    left.set_xlabel("answers per second")
-    left.set_title("Throughput")
-    middle.barh(y - 0.2, [r["p50_ms"] for r in named], 0.4, label="p50")
-    middle.barh(y + 0.2, [r["p99_ms"] for r in named], 0.4, label="p99")
-    middle.set_yticks(y, [""] * len(named))
-    middle.invert_yaxis()
-    middle.set_xscale("log")
-    middle.set_xlabel("latency, ms (log)")
-    middle.legend()
-    middle.set_title("Latency")
+    throughput_and_latency(left, middle, named, labels)
     points = extra.get("timeline", [])
     if points:
         t = [p[0] for p in points]

@@ -201,16 +201,13 @@ def measure(name: str, server: Server, requests: list[bytes], args) -> dict:
     return {"server": name, **result}
 
 
-def figure(rows: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
+def throughput_and_latency(left, right, rows: list[dict], labels: list[str]) -> None:
+    """Two bar panels, one bar (throughput) and two (p50, p99) a row: beside for comparing."""
     from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    names = [row["server"] for row in rows]
     y = np.arange(len(rows))
     left.barh(y, [row["throughput_rps"] for row in rows], color="tab:blue")
-    left.set_yticks(y, names, fontsize=8)
+    left.set_yticks(y, labels, fontsize=8)
     left.invert_yaxis()
     left.set_xlabel("answers per second")
     left.set_title("Throughput")
@@ -223,6 +220,14 @@ def figure(rows: list[dict], path: Path) -> None:
     right.set_xlabel("latency, ms (log scale)")
     right.set_title("Latency")
     right.legend()
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    throughput_and_latency(left, right, rows, [row["server"] for row in rows])
     fig.suptitle("POST /predict on loopback, one text per request (2 shared CPU cores)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
