@@ -147,6 +147,13 @@ def answering(model: str = "news") -> str:
     return response.json().get("model_version", "") if response.is_success else ""
 
 
+def ensemble_members() -> dict:
+    """The member versions the ensemble ``both`` runs, from its TF Serving metadata."""
+    with client() as http:
+        metadata = http.get("/v1/models/both/metadata").json()["metadata"]
+    return metadata["maas"]["provenance"]["members"]
+
+
 def ready() -> bool:
     with client() as http:
         return http.get("/v2/health/ready").status_code == 200
@@ -296,10 +303,18 @@ def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
     ]:
         seconds[step] = run(*maas, *command, *serve)
         answered[step] = answering()
+    # The ensemble "both" follows its member news to the version now served.
+    followed = {"news": 1_000_000, "news2": 1}
+    try:
+        ensemble_seconds = wait_for(lambda: ensemble_members() == followed, timeout=180)
+    except TimeoutError:
+        ensemble_seconds = None
     time.sleep(2)
     loaded = load.stop()
     return {
         "seconds": seconds, "answered": answered, "load": loaded,
+        "ensemble_followed_seconds": ensemble_seconds, "ensemble_members": ensemble_members(),
+        "ensemble_answers": answering("both"),
         "versions_answered": sorted({v for _, code, v in load.records if code == 200}),
         "listing": subprocess.run(
             [*maas, "list", "classifier", "--json"], cwd=project, env=env,

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from maas.ports import free_port
 from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
@@ -22,10 +23,18 @@ from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_tflite_artifact(classifier_dir: Path, target: Path, *, batch: int | None = 4) -> Path:
+def make_tflite_artifact(
+    classifier_dir: Path,
+    target: Path,
+    *,
+    batch: int | None = 4,
+    bias_shift_seed: int | None = None,
+) -> Path:
     """Convert the small Keras classifier to a ``model.tflite`` artifact folder.
 
     ``batch`` fixes the batch dimension (the runtime pads to it); ``None`` leaves it dynamic.
+    ``bias_shift_seed``: add seeded noise to the output layer's bias first, for a second
+    model whose probabilities clearly differ (an ensemble's members, say).
     """
     import tensorflow as tf
 
@@ -33,6 +42,11 @@ def make_tflite_artifact(classifier_dir: Path, target: Path, *, batch: int | Non
     from maas.tokenizer import Tokenizer
 
     model = load_keras_model(classifier_dir)
+    if bias_shift_seed is not None:
+        output = model.layers[-1]
+        kernel, bias = output.get_weights()
+        noise = np.random.default_rng(bias_shift_seed).normal(0.0, 1.0, bias.shape)
+        output.set_weights([kernel, bias + noise.astype(bias.dtype)])
     tokenizer = Tokenizer.load(classifier_dir / "tokenizer.json")
     spec = tf.TensorSpec([batch, tokenizer.sequence_length], tf.int32)
     function = tf.function(lambda ids: model(ids, training=False)).get_concrete_function(spec)
@@ -43,7 +57,7 @@ def make_tflite_artifact(classifier_dir: Path, target: Path, *, batch: int | Non
         shutil.copy(classifier_dir / "tokenizer.json", out / "tokenizer.json")
         record = build_provenance(
             stage="test",
-            params={"batch": batch},
+            params={"batch": batch, "bias_shift_seed": bias_shift_seed},
             extra={
                 "files": file_hashes(out),
                 "tokenizer_fingerprint": tokenizer.fingerprint(),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_support import ROOT, tflite_artifact
+from serving_support import ROOT, make_tflite_artifact, tflite_artifact
 
 from maas.runtime import load_runtime
 
@@ -47,8 +47,12 @@ def scenario(lite, small_project, tmp_path_factory):
     tool = private_network_or_skip()
     work = tmp_path_factory.mktemp("ray")
     repo = work / "repo"
-    for model in ("news", "news2"):
-        shutil.copytree(lite, repo / model / "1")
+    shutil.copytree(lite, repo / "news" / "1")
+    # The ensemble's second member: another model (its output bias shifted), so that the
+    # average differs from either member.
+    shifted = work / "shifted"
+    make_tflite_artifact(small_project / "models" / "classifier", shifted, bias_shift_seed=1)
+    shutil.copytree(shifted, repo / "news2" / "1")
     (repo / "news" / "config.yaml").write_text(
         "keep_previous: 1\nscaling: {min_replicas: 1, max_replicas: 2, "
         "target_ongoing_requests: 2, upscale_delay_s: 1, downscale_delay_s: 4}\n"
@@ -102,7 +106,9 @@ def test_every_protocol_answers_through_the_ray_ingress(scenario, lite):
 def test_the_ensemble_averages_its_members(scenario):
     record = phase(scenario, "ensemble")
     probabilities = record["probabilities"]
-    mean = (np.array(probabilities["news"]) + np.array(probabilities["news2"])) / 2
+    news, news2 = np.array(probabilities["news"]), np.array(probabilities["news2"])
+    assert np.abs(news - news2).max() > 0.01  # two different models
+    mean = (news + news2) / 2
     np.testing.assert_allclose(probabilities["both"], mean, atol=1e-5)
     assert record["metadata"]["platform"] == "ensemble"
 
@@ -133,6 +139,9 @@ def test_maas_models_promote_and_rollback_act_on_the_ray_deployment(scenario):
     assert record["load"]["failed"] == 0, record["load"]
     # v1 was kept warm (keep_previous 1): the rollback is a switch, not a deployment.
     assert record["seconds"]["rollback"] < record["seconds"]["promote_v2"]
+    # The ensemble of news and news2 was redeployed onto news's new version, and answers.
+    assert record["ensemble_members"] == {"news": 1000000, "news2": 1}, record
+    assert record["ensemble_followed_seconds"] is not None and record["ensemble_answers"] == "1"
     listing = {v["version"]: v["stages"] for v in json.loads(record["listing"])}
     assert listing == {"v1.0.0": ["prod"], "v2.0.0": []}
 

@@ -31,6 +31,9 @@ SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # loopback only: no token to hand to every client
     "RAY_agent_register_timeout_ms": "300000",
+    # Serve's controller kills a proxy that is not ready within 5 s, three times in a row;
+    # under load one took 37 s to import and bind here, and `serve.start` then failed.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
 }
 
 

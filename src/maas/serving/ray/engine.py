@@ -14,6 +14,7 @@ reloads, promotions and rollbacks are rolling updates; ``keep_previous`` keeps i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from maas.serving.app import ServerConfig
+from maas.serving.errors import ServingError
 from maas.serving.layout import ModelConfig, Scaling
 from maas.serving.ray.deployments import Ensemble, ModelVersion
 from maas.serving.ray.ingress import (
@@ -223,6 +225,7 @@ class RayController:
         for loaded in dropped:
             self._delete_later(loaded.runtime.app)
         self._rescale()
+        self._follow_ensembles()
         self.publish()
         self._delete_due()
 
@@ -270,6 +273,28 @@ class RayController:
         for name, members in self.options.ensembles.items():
             self._ensembles[name] = self._deploy_ensemble(name, members)
         self.publish()
+
+    def _follow_ensembles(self) -> None:
+        """Redeploy an ensemble whose members now serve other versions (a promotion, a
+        rollback): Ray Serve rolls its member deployments over, old replicas answering until
+        the new ones are ready."""
+        for name, members in self.options.ensembles.items():
+            deployed = self._ensembles.get(name)
+            current = self._member_versions(members)
+            if deployed is None or current is None:
+                continue  # not deployed yet, or a member has no served version right now
+            served = deployed.served[1]
+            if current != served.provenance["members"]:
+                log.info("ensemble %s: members now serve %s; redeploying", name, current)
+                _, versions = self._run_ensemble(name, members)  # no wait: the old one answers
+                served = dataclasses.replace(served, provenance={"members": versions})
+                self._ensembles[name] = dataclasses.replace(deployed, served={1: served})
+
+    def _member_versions(self, members: tuple[str, ...]) -> dict[str, int] | None:
+        try:
+            return {member: self.repository.resolve(member).version for member in members}
+        except ServingError:  # a member removed, or between versions
+            return None
 
     # ---- deployments ------------------------------------------------------------------
 
@@ -327,11 +352,28 @@ class RayController:
                     self._deploy(app, loaded.path, scaling, blocking=False)
 
     def _deploy_ensemble(self, name: str, members: tuple[str, ...]) -> ModelSnapshot:
+        app, versions = self._run_ensemble(name, members)
+        wait_running(app, self.options.deploy_timeout_s)
+        info = _info(app)
+        served = ServedVersion(
+            app=app,
+            path="",
+            labels=tuple(info["labels"]),
+            kind="ensemble",
+            provenance={"members": versions},
+            loaded_at=time.time(),
+        )
+        return ModelSnapshot(ModelConfig(), "", (VersionStatus(1, AVAILABLE),), {1: served})
+
+    def _run_ensemble(self, name: str, members: tuple[str, ...]) -> tuple[str, dict[str, int]]:
+        """(Re)deploy the ensemble application on its members' served versions; no wait."""
         from ray import serve
 
         bound = []
+        versions = {}
         for member in members:
             loaded = self.repository.resolve(member)
+            versions[member] = loaded.version
             scaling = self.options.scaling
             deployment = self._deployment(scaling).options(name=f"member-{member}")
             batch = self.config.max_batch_size if self.config.batching else 0
@@ -342,17 +384,7 @@ class RayController:
         )
         serve._run(ensemble.bind(*bound), name=app, route_prefix=None, _blocking=False)
         self.applied[app] = self.options.scaling
-        wait_running(app, self.options.deploy_timeout_s)
-        info = _info(app)
-        served = ServedVersion(
-            app=app,
-            path="",
-            labels=tuple(info["labels"]),
-            kind="ensemble",
-            provenance={"members": list(members)},
-            loaded_at=time.time(),
-        )
-        return ModelSnapshot(ModelConfig(), "", (VersionStatus(1, AVAILABLE),), {1: served})
+        return app, versions
 
     def _delete_later(self, app: str) -> None:
         self.pending_deletes.append((time.monotonic() + self.options.drain_s, app))
