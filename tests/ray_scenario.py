@@ -256,7 +256,7 @@ artifacts:
 def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
     """``maas models register/promote/rollback`` on a git + DVC project, served on Ray.
 
-    Two registered versions (a TFLite and a SavedModel artifact), each promoted to ``prod``
+    Two registered versions (two different TFLite models), each promoted to ``prod``
     of the served model ``news``, then ``rollback``: the commands the README gives, run as
     processes, with ``--server`` (HTTPS, the API key from the environment) under load.
     """
@@ -415,7 +415,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--lite", type=Path, required=True)
-    parser.add_argument("--saved-model", type=Path, required=True)
+    parser.add_argument("--second-artifact", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -432,7 +432,7 @@ def main() -> int:
         TLS.update(make_certificates(args.work))
         os.environ["SSL_CERT_FILE"] = str(TLS["ca"])  # how `maas models --server` trusts it
         os.environ[KEYS_ENV] = API_KEY  # the server's key, and `maas models --api-key-env`'s
-        registry_artifacts = [args.lite, args.saved_model]
+        registry_artifacts = [args.lite, args.second_artifact]
         # The cluster's address from RAY_ADDRESS (bad_input passes --address), the key hashed
         # from the environment, TLS at the proxy: what an operator runs on a real cluster.
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}

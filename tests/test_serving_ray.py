@@ -61,7 +61,7 @@ def scenario(lite, small_project, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}
     command = [str(tool), sys.executable, str(ROOT / "tests" / "ray_scenario.py")]
     command += ["--repo", str(repo), "--lite", str(lite), "--work", str(work), "--out", str(out)]
-    command += ["--saved-model", str(small_project / "models" / "classifier")]
+    command += ["--second-artifact", str(shifted)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=1500, env=env)
     if not out.exists():
         pytest.fail(f"the scenario recorded nothing:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
@@ -133,7 +133,7 @@ def test_a_new_version_rolls_out_and_a_warm_rollback_is_fast(scenario):
 
 def test_maas_models_promote_and_rollback_act_on_the_ray_deployment(scenario):
     record = phase(scenario, "registry")
-    v1, v2 = "1000000", "2000000"  # v1.0.0 (TFLite) and v2.0.0 (SavedModel), as served
+    v1, v2 = "1000000", "2000000"  # v1.0.0 and v2.0.0 (two different models), as served
     assert record["answered"] == {"promote_v1": v1, "promote_v2": v2, "rollback": v1}
     assert {v1, v2} <= set(record["versions_answered"]), record["versions_answered"]
     assert record["load"]["failed"] == 0, record["load"]

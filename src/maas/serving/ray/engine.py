@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,9 @@ class RayController:
         self._published: Any = None
         self._generation = -1  # the routing table's generation after our last publish
         self._ensembles: dict[str, ModelSnapshot] = {}
+        # Redeploying an ensemble takes seconds under load: done beside the polling loop, in
+        # order, so that a version switch meanwhile still reaches the ingresses at once.
+        self._redeploys = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensemble")
         self.started = False  # whether this controller deployed the ingress
 
     # ---- start and stop ---------------------------------------------------------------
@@ -208,6 +212,7 @@ class RayController:
         """Delete the applications this controller deployed (the cluster keeps running)."""
         from ray import serve
 
+        self._redeploys.shutdown(wait=True, cancel_futures=True)
         apps = {*self.applied, *(app for _, app in self.pending_deletes)}
         if self.started:
             apps.add(INGRESS_APP)
@@ -225,8 +230,9 @@ class RayController:
         for loaded in dropped:
             self._delete_later(loaded.runtime.app)
         self._rescale()
-        self._follow_ensembles()
-        self.publish()
+        self.publish()  # first: a version switch reaches the ingresses without waiting
+        if self._follow_ensembles():
+            self.publish()
         self._delete_due()
 
     def attach(self) -> None:
@@ -274,10 +280,11 @@ class RayController:
             self._ensembles[name] = self._deploy_ensemble(name, members)
         self.publish()
 
-    def _follow_ensembles(self) -> None:
+    def _follow_ensembles(self) -> bool:
         """Redeploy an ensemble whose members now serve other versions (a promotion, a
         rollback): Ray Serve rolls its member deployments over, old replicas answering until
-        the new ones are ready."""
+        the new ones are ready. Whether any was redeployed."""
+        changed = False
         for name, members in self.options.ensembles.items():
             deployed = self._ensembles.get(name)
             current = self._member_versions(members)
@@ -286,9 +293,12 @@ class RayController:
             served = deployed.served[1]
             if current != served.provenance["members"]:
                 log.info("ensemble %s: members now serve %s; redeploying", name, current)
-                _, versions = self._run_ensemble(name, members)  # no wait: the old one answers
+                app, application, versions = self._bind_ensemble(name, members)
+                self._redeploys.submit(self._redeploy, app, application)
                 served = dataclasses.replace(served, provenance={"members": versions})
                 self._ensembles[name] = dataclasses.replace(deployed, served={1: served})
+                changed = True
+        return changed
 
     def _member_versions(self, members: tuple[str, ...]) -> dict[str, int] | None:
         try:
@@ -352,7 +362,10 @@ class RayController:
                     self._deploy(app, loaded.path, scaling, blocking=False)
 
     def _deploy_ensemble(self, name: str, members: tuple[str, ...]) -> ModelSnapshot:
-        app, versions = self._run_ensemble(name, members)
+        from ray import serve
+
+        app, application, versions = self._bind_ensemble(name, members)
+        serve._run(application, name=app, route_prefix=None, _blocking=False)
         wait_running(app, self.options.deploy_timeout_s)
         info = _info(app)
         served = ServedVersion(
@@ -365,8 +378,18 @@ class RayController:
         )
         return ModelSnapshot(ModelConfig(), "", (VersionStatus(1, AVAILABLE),), {1: served})
 
-    def _run_ensemble(self, name: str, members: tuple[str, ...]) -> tuple[str, dict[str, int]]:
-        """(Re)deploy the ensemble application on its members' served versions; no wait."""
+    @staticmethod
+    def _redeploy(app: str, application: Any) -> None:
+        """Roll an ensemble over to new members (in the redeploy thread)."""
+        from ray import serve
+
+        try:
+            serve._run(application, name=app, route_prefix=None, _blocking=False)
+        except Exception:  # the old deployment keeps answering
+            log.exception("redeploying %s failed; its previous members keep serving", app)
+
+    def _bind_ensemble(self, name: str, members: tuple[str, ...]) -> tuple[str, Any, dict]:
+        """The ensemble application over its members' served versions, not yet deployed."""
         from ray import serve
 
         bound = []
@@ -382,9 +405,8 @@ class RayController:
         ensemble = serve.deployment(
             Ensemble, name="Ensemble", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
         )
-        serve._run(ensemble.bind(*bound), name=app, route_prefix=None, _blocking=False)
         self.applied[app] = self.options.scaling
-        return app, versions
+        return app, ensemble.bind(*bound), versions
 
     def _delete_later(self, app: str) -> None:
         self.pending_deletes.append((time.monotonic() + self.options.drain_s, app))
