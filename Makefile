@@ -48,7 +48,7 @@ lint: $(STAMP)  ## ruff: lint and format check
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: $(STAMP)  ## the benchmarks; figures go to reports/benchmarks/
+bench: $(STAMP)  ## time make venv + make pipeline on a fresh clone (~20 min): reports/benchmarks/pipeline.md
 	$(BIN)/python benchmarks/pipeline.py
 
 bench-serving: $(STAMP)  ## the model server against the naive Flask server, under load
