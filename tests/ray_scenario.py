@@ -440,7 +440,11 @@ def main() -> int:
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]
         command += ["--engine", "ray", "--port", str(PORT), "--api-keys-env", KEYS_ENV]
         command += ["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])]
-        command += ["--poll-interval", "0.5", "--replica-cpus", "0.5", "--max-batch-size", "8"]
+        # 0.25 CPU a replica: 16 fit on the two 2-CPU nodes. The faults phase needs room for
+        # 2 replicas of each of news's served and warm versions, news2, and the ensemble's
+        # members while it is redeployed; at 0.5 the second node was full and news never
+        # spread (a CI-like run).
+        command += ["--poll-interval", "0.5", "--replica-cpus", "0.25", "--max-batch-size", "8"]
         command += ["--ensemble", "both=news,news2", "--max-replicas-per-node", "1"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
