@@ -20,10 +20,9 @@ import numpy as np
 
 from maas.runtime import load_runtime
 from maas.serving.batching import DirectPredictor, DynamicBatcher
+from maas.serving.repository import WARMUP_TEXT
 
 log = logging.getLogger(__name__)
-
-WARMUP_TEXT = "warm-up request: the quick brown fox jumps over the lazy dog"
 
 
 def replica_info(labels: Sequence[str], kind: str) -> dict[str, Any]:

@@ -319,16 +319,26 @@ class RayController:
             raise
         return ControllerRuntime(app, info["labels"], info["kind"])
 
-    def _deployment(self, scaling: Scaling):
+    @property
+    def _batch(self) -> int:
+        """Texts per model call in a replica (0: every call on its own)."""
+        return self.config.max_batch_size if self.config.batching else 0
+
+    def _bind_version(self, scaling: Scaling, folder: Path, name: str = "ModelVersion"):
+        """A :class:`ModelVersion` deployment of ``folder``, bound, not yet deployed."""
+        deployment = self._deployment(scaling, name)
+        return deployment.bind(str(folder), self._batch, self.config.batch_timeout_s)
+
+    def _deployment(self, scaling: Scaling, name: str):
         from ray import serve
 
-        batch = self.config.max_batch_size if self.config.batching else 0
+        batch = self._batch
         per_node = {}
         if self.options.max_replicas_per_node:
             per_node["max_replicas_per_node"] = self.options.max_replicas_per_node
         return serve.deployment(
             ModelVersion,
-            name="ModelVersion",
+            name=name,
             ray_actor_options={"num_cpus": self.options.replica_cpus},
             autoscaling_config=autoscaling_config(scaling),
             max_ongoing_requests=max(2 * max(batch, 1), int(4 * scaling.target_ongoing_requests)),
@@ -342,8 +352,7 @@ class RayController:
     def _deploy(self, app: str, folder: Path, scaling: Scaling, *, blocking: bool) -> None:
         from ray import serve
 
-        batch = self.config.max_batch_size if self.config.batching else 0
-        bound = self._deployment(scaling).bind(str(folder), batch, self.config.batch_timeout_s)
+        bound = self._bind_version(scaling, folder)
         serve._run(bound, name=app, route_prefix=None, _blocking=False)
         self.applied[app] = scaling
         if blocking:
@@ -366,6 +375,7 @@ class RayController:
 
         app, application, versions = self._bind_ensemble(name, members)
         serve._run(application, name=app, route_prefix=None, _blocking=False)
+        self.applied[app] = self.options.scaling  # deleted with the others at shutdown
         wait_running(app, self.options.deploy_timeout_s)
         info = _info(app)
         served = ServedVersion(
@@ -392,21 +402,16 @@ class RayController:
         """The ensemble application over its members' served versions, not yet deployed."""
         from ray import serve
 
-        bound = []
-        versions = {}
-        for member in members:
-            loaded = self.repository.resolve(member)
-            versions[member] = loaded.version
-            scaling = self.options.scaling
-            deployment = self._deployment(scaling).options(name=f"member-{member}")
-            batch = self.config.max_batch_size if self.config.batching else 0
-            bound.append(deployment.bind(str(loaded.path), batch, self.config.batch_timeout_s))
-        app = f"maas.ensemble.{name}"
+        served = {member: self.repository.resolve(member) for member in members}
+        bound = [
+            self._bind_version(self.options.scaling, loaded.path, name=f"member-{member}")
+            for member, loaded in served.items()
+        ]
         ensemble = serve.deployment(
             Ensemble, name="Ensemble", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
         )
-        self.applied[app] = self.options.scaling
-        return app, ensemble.bind(*bound), versions
+        versions = {member: loaded.version for member, loaded in served.items()}
+        return f"maas.ensemble.{name}", ensemble.bind(*bound), versions
 
     def _delete_later(self, app: str) -> None:
         self.pending_deletes.append((time.monotonic() + self.options.drain_s, app))

@@ -230,6 +230,12 @@ async def _refresh_forever(table: Any, plane: RayDataPlane, state: ServerState) 
         await asyncio.sleep(REFRESH_S)
 
 
+def log_in_replica() -> None:
+    """A replica's root logger has no handler: give one to maas's logs (the access log too)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def build_app(config: ServerConfig):  # -> FastAPI
     """The application an ingress replica serves."""
     return create_app(config, data_plane=RayDataPlane(), lifespan=follow_routing)
@@ -241,9 +247,7 @@ class Ingress:
     def __init__(self, config: ServerConfig, controller: Any = None) -> None:
         self.config = config
         self.controller = controller  # the service's controller deployment, if any
-        # A replica's root logger has no handler: give the access log (maas.access) one.
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        log_in_replica()
 
     def __serve_build_asgi_app__(self):  # noqa: N807  (Ray Serve's hook name)
         return build_app(self.config)

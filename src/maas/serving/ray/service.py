@@ -25,7 +25,7 @@ from typing import Any
 from maas.serving.app import ServerConfig
 from maas.serving.layout import Scaling
 from maas.serving.ray.engine import RayController, RayOptions, ingress_deployment
-from maas.serving.ray.ingress import ON_HEAD
+from maas.serving.ray.ingress import ON_HEAD, log_in_replica
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class RepositoryController:
     """Runs :class:`RayController` steps in a thread (a one-replica Serve deployment)."""
 
     def __init__(self, config: ServerConfig, options: RayOptions) -> None:
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        log_in_replica()
         self.controller = RayController(config, options)
         self.controller.attach()
         self.interval = config.poll_interval_s or 2.0
