@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from maas.reporting import flatten, metrics_name
 
 
 class ExperimentsError(RuntimeError):
@@ -52,25 +54,10 @@ def _row(entry: Mapping[str, Any], *, baseline: str, kind: str) -> dict[str, Any
         "created": data.get("timestamp") or "",
     }
     for params in (data.get("params") or {}).values():
-        row.update(_flatten(params.get("data") or {}, "params."))
+        row.update(flatten(params.get("data") or {}, "params."))
     for path, metrics in (data.get("metrics") or {}).items():
-        row.update(_flatten(metrics.get("data") or {}, f"metrics.{_metrics_name(path)}."))
+        row.update(flatten(metrics.get("data") or {}, f"metrics.{metrics_name(path)}."))
     return row
-
-
-def _metrics_name(path: str) -> str:
-    """``reports/metrics/evaluate.json`` -> ``evaluate``; ``reports/train/metrics.json`` ->
-    ``train``."""
-    file = Path(path)
-    return file.parent.name if file.stem == "metrics" else file.stem
-
-
-def _flatten(data: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def varying(table: Sequence[Mapping[str, Any]], prefix: str = "params.") -> list[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 
@@ -29,3 +30,19 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 def key_value_table(mapping: Mapping[str, Any], key: str = "name", value: str = "value") -> str:
     """A two-column Markdown table of a flat mapping."""
     return markdown_table([{key: k, value: v} for k, v in mapping.items()], [key, value])
+
+
+def metrics_name(path: str) -> str:
+    """A metrics file's short name: ``reports/metrics/evaluate.json`` -> ``evaluate``;
+    DVCLive's ``reports/train/metrics.json`` -> ``train`` (its folder)."""
+    file = PurePosixPath(path)
+    return file.parent.name if file.stem == "metrics" else file.stem
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested mappings as ``(dotted key, value)`` pairs, keys after ``prefix``."""
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

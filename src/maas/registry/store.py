@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from maas.provenance import file_digest
+from maas.reporting import flatten, metrics_name
 
 log = logging.getLogger(__name__)
 
@@ -192,23 +193,9 @@ def metrics_at(root: str | Path, commits: list[str]) -> dict[str, dict[str, Any]
     for rev, result in shown.items():
         values: dict[str, Any] = {}
         for path, file_result in (result.get("data") or {}).items():
-            prefix = _metrics_prefix(path)
-            for key, value in _flatten(file_result.get("data") or {}):
-                values[f"{prefix}.{key}"] = value
+            prefix = metrics_name(path)
+            for key, value in flatten(file_result.get("data") or {}):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    values[f"{prefix}.{key}"] = value
         flat[rev] = values
     return flat
-
-
-def _metrics_prefix(path: str) -> str:
-    """``reports/metrics/evaluate.json`` -> ``evaluate``; ``reports/train/metrics.json`` ->
-    ``train``."""
-    parts = Path(path)
-    return parts.parent.name if parts.stem == "metrics" else parts.stem
-
-
-def _flatten(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield f"{prefix}{key}", value
