@@ -36,7 +36,7 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +54,6 @@ DEFAULT_MODEL = "classifier"
 VERSION_POLICIES = ("latest", "all", "specific")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-SCALING_KEYS = (
-    "min_replicas",
-    "max_replicas",
-    "target_ongoing_requests",
-    "upscale_delay_s",
-    "downscale_delay_s",
-)
 
 
 @dataclass(frozen=True)
@@ -103,16 +94,18 @@ class Scaling:
         base = default or cls()
         try:
             return cls(
-                min_replicas=int(raw.get("min_replicas", base.min_replicas)),
-                max_replicas=int(raw.get("max_replicas", base.max_replicas)),
-                target_ongoing_requests=float(
-                    raw.get("target_ongoing_requests", base.target_ongoing_requests)
-                ),
-                upscale_delay_s=float(raw.get("upscale_delay_s", base.upscale_delay_s)),
-                downscale_delay_s=float(raw.get("downscale_delay_s", base.downscale_delay_s)),
+                **{
+                    key: kind(raw.get(key, getattr(base, key)))
+                    for key, kind in SCALING_TYPES.items()
+                }
             )
         except ValueError as error:
             raise ValueError(f"{where}: scaling: {error}") from error
+
+
+# Scaling's keys and the type each is read as (its annotation: replica counts int, else float).
+SCALING_TYPES = {item.name: {"int": int, "float": float}[item.type] for item in fields(Scaling)}
+SCALING_KEYS = tuple(SCALING_TYPES)
 
 
 @dataclass(frozen=True)
