@@ -21,7 +21,14 @@ from maas.serving.errors import ServingError
 from maas.serving.limits import check_texts
 from maas.serving.repository import LoadedVersion, parse_version
 from maas.serving.schemas import ERROR_RESPONSES, FastJSONResponse
-from maas.serving.state import INPUT_NAME, OUTPUT_NAMES, PLATFORMS, classify, server_state
+from maas.serving.state import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PLATFORMS,
+    classify,
+    select_outputs,
+    server_state,
+)
 from maas.serving.state import is_ready as state_is_ready
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
@@ -109,14 +116,7 @@ def requested_outputs(body: InferRequest) -> list[str]:
 
 def check_outputs(names: list[str]) -> list[str]:
     """The outputs to return (all when none are named); 400 for an unknown name."""
-    if not names:
-        return list(OUTPUT_TYPES)
-    for name in names:
-        if name not in OUTPUT_TYPES:
-            raise ServingError(
-                400, f"unknown output {name[:64]!r}; the outputs are {list(OUTPUT_TYPES)}"
-            )
-    return names
+    return select_outputs(names, list(OUTPUT_TYPES))
 
 
 def metadata_body(loaded: LoadedVersion, versions: list[int]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ argmax class of each text.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,17 @@ PLATFORMS = {
     "tflite": "tensorflow_lite",
     "onnx": "onnxruntime_onnx",
 }
+
+
+def select_outputs(names: list[str], known: Sequence[str]) -> list[str]:
+    """The outputs a request asks for (all of ``known`` when it names none); 400 for an
+    unknown name, listing ``known`` in the binding's order."""
+    if not names:
+        return list(known)
+    for name in names:
+        if name not in known:
+            raise ServingError(400, f"unknown output {name[:64]!r}; the outputs are {list(known)}")
+    return names
 
 
 @dataclass

@@ -29,7 +29,14 @@ from maas.serving.errors import ServingError
 from maas.serving.grpc.calls import call_notes
 from maas.serving.limits import check_texts
 from maas.serving.repository import LoadedVersion
-from maas.serving.state import INPUT_NAME, OUTPUT_NAMES, SIGNATURE_NAME, ServerState, predict_texts
+from maas.serving.state import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SIGNATURE_NAME,
+    ServerState,
+    predict_texts,
+    select_outputs,
+)
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -94,16 +101,6 @@ def output_tensors(predictions, names: list[str]) -> dict[str, tensor_pb2.Tensor
     return tensors
 
 
-def _output_names(request: predict_pb2.PredictRequest) -> list[str]:
-    names = list(request.output_filter) or list(OUTPUT_NAMES)
-    for name in names:
-        if name not in OUTPUT_NAMES:
-            raise ServingError(
-                400, f"unknown output {name[:64]!r}; the outputs are {list(OUTPUT_NAMES)}"
-            )
-    return names
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata (Classify, Regress, MultiInference: UNIMPLEMENTED)."""
 
@@ -113,7 +110,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context) -> predict_pb2.PredictResponse:  # noqa: N802
         loaded = _resolve(self.state, request.model_spec)
         texts = check_texts(request_texts(request), self.state.limits)
-        names = _output_names(request)
+        names = select_outputs(list(request.output_filter), OUTPUT_NAMES)
         predictions = await predict_texts(call_notes(), loaded, texts)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.model
