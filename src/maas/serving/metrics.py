@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -154,8 +155,17 @@ class ObservabilityMiddleware:
             self._record(scope, status, sent, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
-        headers = dict(scope["headers"])
-        client = scope.get("client") or ("", 0)
+        def access() -> dict:
+            headers = dict(scope["headers"])
+            return {
+                "client": (scope.get("client") or ("", 0))[0],
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "bytes_out": sent,
+                "request_id": headers.get(b"x-request-id", b"").decode("latin-1")[:128],
+            }
+
         record_request(
             self.metrics,
             protocol=protocol_of(scope["path"]),
@@ -164,14 +174,7 @@ class ObservabilityMiddleware:
             code=str(status),
             failed=status >= 400,
             seconds=seconds,
-            access={
-                "client": client[0],
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "bytes_out": sent,
-                "request_id": headers.get(b"x-request-id", b"").decode("latin-1")[:128],
-            },
+            access=access,
         )
 
 
@@ -184,13 +187,14 @@ def record_request(
     code: str,
     failed: bool,
     seconds: float,
-    access: dict,
+    access: Callable[[], dict],
 ) -> None:
     """Count and time one request of any protocol, and log its access line.
 
     Args:
         code: the HTTP status, or the gRPC status code's name.
-        access: the protocol's own fields of the access-log line (client, method, path, ...).
+        access: the protocol's own fields of the access-log line (client, method, path, ...),
+            built only when the access log is on.
     """
     metrics.requests.labels(protocol, model, version, code).inc()
     metrics.latency.labels(protocol, model, version).observe(seconds)
@@ -199,7 +203,7 @@ def record_request(
     if access_log.isEnabledFor(logging.INFO):
         line = {
             "event": "access",
-            **access,
+            **access(),
             "duration_ms": round(seconds * 1000, 3),
             "protocol": protocol,
             "model": model,

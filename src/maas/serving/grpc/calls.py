@@ -121,7 +121,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _record(self, method, code, notes, context, seconds: float) -> None:
-        metadata = dict(context.invocation_metadata() or ())
+        def access() -> dict:
+            metadata = dict(context.invocation_metadata() or ())
+            return {
+                "client": context.peer(),
+                "method": "grpc",
+                "path": method,
+                "status": code.name,
+                "request_id": str(metadata.get("x-request-id", ""))[:128],
+            }
+
         record_request(
             self.metrics,
             protocol=protocol_of(method),
@@ -130,13 +139,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code=code.name,
             failed=code != grpc.StatusCode.OK,
             seconds=seconds,
-            access={
-                "client": context.peer(),
-                "method": "grpc",
-                "path": method,
-                "status": code.name,
-                "request_id": str(metadata.get("x-request-id", ""))[:128],
-            },
+            access=access,
         )
 
 
