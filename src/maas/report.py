@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maas import reporting
+from maas import progress, reporting
+from maas.config import Paths
+from maas.provenance import PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +47,16 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _missing(stage: str, title: str, what: Path, root: Path) -> Section:
+def _missing(stage: str, title: str, what: Path, paths: Paths) -> Section:
     return Section(
-        stage, title, missing=f"{what.relative_to(root)} not found: run `dvc repro {stage}`."
+        stage, title, missing=f"{what.relative_to(paths.root)} not found: run `dvc repro {stage}`."
     )
 
 
-def data_section(reports: Path, root: Path) -> Section:
-    card = _json(reports / "data" / "card.json")
+def data_section(paths: Paths) -> Section:
+    card = _json(paths.reports_dir / "data" / "card.json")
     if card is None:
-        return _missing("data", "Data", reports / "data" / "card.json", root)
+        return _missing("data", "Data", paths.reports_dir / "data" / "card.json", paths)
     rows = [
         {"split": name, **{k: v for k, v in split.items() if k != "class_counts"}}
         for name, split in card["splits"].items()
@@ -63,13 +65,13 @@ def data_section(reports: Path, root: Path) -> Section:
     return Section("data", "Data", text, [("Posts and lengths per split", rows)])
 
 
-def train_section(reports: Path, root: Path) -> Section:
-    metrics = _json(reports / "train" / "metrics.json")
+def train_section(paths: Paths) -> Section:
+    metrics = _json(paths.dvclive_dir / "metrics.json")
     if metrics is None:
-        return _missing("train", "Training", reports / "train" / "metrics.json", root)
+        return _missing("train", "Training", paths.dvclive_dir / "metrics.json", paths)
     rows = [{"metric": k, "last epoch": v} for k, v in metrics.items()]
     tables = [("Last epoch (DVCLive)", rows)]
-    model = _json(root / "models" / "classifier" / "provenance.json") or {}
+    model = _json(paths.classifier_dir / PROVENANCE_FILE) or {}
     summary = {k: v for k, v in model.get("metrics", {}).items() if not isinstance(v, dict)}
     if summary:
         tables.insert(
@@ -78,10 +80,10 @@ def train_section(reports: Path, root: Path) -> Section:
     return Section("train", "Training", "", tables)
 
 
-def evaluate_section(reports: Path, root: Path) -> Section:
-    metrics = _json(reports / "metrics" / "evaluate.json")
+def evaluate_section(paths: Paths) -> Section:
+    metrics = _json(paths.metrics_dir / "evaluate.json")
     if metrics is None:
-        return _missing("evaluate", "Model against the baseline", reports / "metrics", root)
+        return _missing("evaluate", "Model against the baseline", paths.metrics_dir, paths)
     rows = [
         {"model": name, **{k: v for k, v in metrics[name].items() if not isinstance(v, dict)}}
         for name in ("model", "baseline")
@@ -97,12 +99,13 @@ COMPRESS_COLUMNS = (
 )  # fmt: skip
 
 
-def compress_section(reports: Path, root: Path) -> Section:
-    rows = _json(reports / "compress" / "variants.json")
+def compress_section(paths: Paths) -> Section:
+    variants = paths.reports_dir / "compress" / "variants.json"
+    rows = _json(variants)
     if rows is None:
-        return _missing("compress", "Compression", reports / "compress" / "variants.json", root)
+        return _missing("compress", "Compression", variants, paths)
     table = [{key: row.get(key, "") for key in COMPRESS_COLUMNS} for row in rows]
-    metrics = _json(reports / "metrics" / "compress.json") or {}
+    metrics = _json(paths.metrics_dir / "compress.json") or {}
     targets = [
         {"target": name, **{k: v for k, v in values.items()}}
         for name, values in metrics.get("targets", {}).items()
@@ -115,10 +118,10 @@ def compress_section(reports: Path, root: Path) -> Section:
     )
 
 
-def serve_section(reports: Path, root: Path) -> Section:
-    metrics = _json(reports / "metrics" / "serve.json")
+def serve_section(paths: Paths) -> Section:
+    metrics = _json(paths.metrics_dir / "serve.json")
     if metrics is None:
-        return _missing("serve", "Serving", reports / "metrics" / "serve.json", root)
+        return _missing("serve", "Serving", paths.metrics_dir / "serve.json", paths)
     text = (
         f"Server ready after {metrics.get('startup_s')} s; every protocol gave the same "
         f"labels: {metrics.get('all_protocols_agree')}."
@@ -156,19 +159,19 @@ FIGURES = {
     "compress": ["compress_accuracy_vs_size.png", "compress_accuracy_vs_latency.png"],
     "serve": ["serve_latency.png"],
 }
-SECTIONS: list[Callable[[Path, Path], Section]] = [
+SECTIONS: list[Callable[[Paths], Section]] = [
     data_section, train_section, evaluate_section, compress_section, serve_section,
 ]  # fmt: skip
 
 
 def collect(root: Path) -> list[Section]:
     """Every section of the page, from what exists under ``root / "reports"``."""
-    reports = root / "reports"
+    paths = Paths(root)
     sections = []
     for make in SECTIONS:
-        section = make(reports, root)
+        section = make(paths)
         if not section.missing:
-            figures = [reports / "figures" / name for name in FIGURES.get(section.stage, [])]
+            figures = [paths.figures_dir / name for name in FIGURES.get(section.stage, [])]
             section.figures = [path for path in figures if path.is_file()]
         sections.append(section)
     sections.append(registry_section(root))
@@ -240,7 +243,7 @@ def render_markdown(sections: Sequence[Section], reports: Path) -> str:
 def build(root: str | Path = ".") -> Path:
     """Write ``reports/index.html`` and ``reports/README.md``; returns the page's path."""
     root = Path(root).resolve()
-    reports = root / "reports"
+    reports = Paths(root).reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     sections = collect(root)
     page = reports / HTML_FILE
@@ -267,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--root", default=".", help="project folder (default: here)")
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format=progress.FORMAT, datefmt=progress.DATE_FORMAT)
     page = build(args.root)
     if args.open and not open_page(page):
         log.info("report: no display to open a browser on; the page is %s", page)
