@@ -1,6 +1,7 @@
-"""dvc.yaml's code deps cannot drift: each notebook stage lists exactly the maas modules it runs.
+"""dvc.yaml's code deps cannot drift: each stage lists exactly the maas modules it runs.
 
-A stage runs its notebook, every maas module the notebook imports, every module those import
+A stage runs its notebook (or ``python -m maas.X``: the report stage), every maas module the
+notebook imports, every module those import
 (at module level or inside a function: either may run), their packages' ``__init__`` files,
 and the modules of the processes it starts (``python -m maas.X``; for ``maas.cli``, the
 sub-command's module, after every command module's import-time code, since the parser loads
@@ -118,14 +119,22 @@ def notebook_imports(notebook: Path) -> set[str]:
     return imported_names(tree, "__notebook__", module_level_only=False)
 
 
-def notebook_stages() -> dict[str, tuple[Path, list[str]]]:
-    """``{stage: (notebook, deps)}`` of every dvc.yaml stage that runs a notebook."""
+def code_stages() -> dict[str, tuple[Path | None, set[str], list[str]]]:
+    """``{stage: (notebook or None, the maas modules it starts from, deps)}`` of every dvc.yaml
+    stage that runs a notebook or ``python -m maas.X``."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     found = {}
     for name, stage in stages.items():
-        notebooks = [w for w in str(stage["cmd"]).split() if w.startswith("notebooks/")]
+        words = str(stage["cmd"]).split()
+        deps = [str(d) for d in stage.get("deps", [])]
+        notebooks = [w for w in words if w.startswith("notebooks/")]
+        pairs = zip(words, words[1:], strict=False)
+        modules = [b for a, b in pairs if a == "-m" and b.startswith("maas")]
         if notebooks:
-            found[name] = (ROOT / notebooks[0], [str(d) for d in stage.get("deps", [])])
+            notebook = ROOT / notebooks[0]
+            found[name] = (notebook, notebook_imports(notebook), deps)
+        elif modules:
+            found[name] = (None, {modules[0]}, deps)
     return found
 
 
@@ -134,18 +143,19 @@ def covered(path: Path, deps: list[str]) -> bool:
     return any(relative == d.rstrip("/") or relative.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-STAGES = notebook_stages()
+STAGES = code_stages()
 
 
-def test_every_notebook_stage_is_found():
-    assert set(STAGES) >= {"data", "train", "evaluate", "compress", "serve"}
+def test_every_stage_that_runs_maas_code_is_found():
+    assert set(STAGES) >= {"data", "train", "evaluate", "compress", "serve", "report"}
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_every_module_it_runs_and_no_other(stage: str):
-    notebook, deps = STAGES[stage]
-    assert notebook.relative_to(ROOT).as_posix() in deps, f"{stage}: its notebook is no dep"
-    reached = reach(notebook_imports(notebook))
+    notebook, start, deps = STAGES[stage]
+    if notebook is not None:
+        assert notebook.relative_to(ROOT).as_posix() in deps, f"{stage}: its notebook is no dep"
+    reached = reach(start)
     missing = sorted(
         MODULES[m].relative_to(ROOT).as_posix() for m in reached if not covered(MODULES[m], deps)
     )
