@@ -11,7 +11,13 @@ from serving_support import corrupt, tflite_artifact, wait_for
 from maas.provenance import atomic_dir, read_json, verify_files
 from maas.serving.auth import KeyChecker, hash_key, read_key_file
 from maas.serving.errors import ServingError
-from maas.serving.layout import ModelConfig, build_repository, publish_version, scan
+from maas.serving.layout import (
+    ModelConfig,
+    build_repository,
+    parse_version,
+    publish_version,
+    scan,
+)
 from maas.serving.repository import AVAILABLE, END, ModelRepository
 
 
@@ -53,7 +59,7 @@ def test_config_parse_accepts_the_contract_and_names_bad_keys():
 
 
 def test_scan_sees_only_models_and_integer_versions(tmp_path):
-    for path in ("m/1", "m/10", "m/.2.tmp-x", "m/03", "m/v4", ".hidden/1", "bad name/1"):
+    for path in ("m/1", "m/10", "m/.2.tmp-x", "m/03", "m/v4", "m/²", ".hidden/1", "bad name/1"):
         (tmp_path / path).mkdir(parents=True)
     (tmp_path / "m" / "5").write_text("a file, not a version")
     found = scan(tmp_path)
@@ -61,6 +67,15 @@ def test_scan_sees_only_models_and_integer_versions(tmp_path):
     assert sorted(found["m"]) == [1, 10]
     with pytest.raises(FileNotFoundError):
         scan(tmp_path / "missing")
+
+
+def test_a_version_that_is_not_ascii_digits_is_a_400():
+    # "²".isdigit() is True but int("²") fails: found by the OpenAPI fuzz test (a 500).
+    for bad in ("²", "١", "-1", "1.0", "9" * 19):
+        with pytest.raises(ServingError) as raised:
+            parse_version(bad)
+        assert raised.value.status_code == 400
+    assert parse_version("12") == 12
 
 
 def test_build_repository_copies_byte_for_byte_and_skips_missing(tmp_path, lite, saved_model):

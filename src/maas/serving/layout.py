@@ -168,11 +168,16 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``²`` and other digits ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_version(version: int | str) -> int:
     """A version number from a URL or a config; ``ServingError`` 400 when it is not one."""
     if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
         return version
-    if isinstance(version, str) and version.isdigit() and len(version) <= 18:
+    if isinstance(version, str) and is_number(version) and len(version) <= 18:
         return int(version)
     raise ServingError(400, f"version must be a non-negative integer, got {str(version)[:40]!r}")
 
@@ -189,7 +194,7 @@ def scan(root: str | Path) -> dict[str, dict[int, Path]]:
         found[model_dir.name] = {
             int(p.name): p
             for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name
+            if p.is_dir() and is_number(p.name) and str(int(p.name)) == p.name
         }
     return found
 
