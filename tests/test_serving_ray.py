@@ -127,12 +127,13 @@ def test_a_new_version_rolls_out_and_a_warm_rollback_is_a_switch(scenario):
     assert record["versions_answered"] == ["1", "2"]
     assert record["load"]["failed"] == 0, record["load"]
     assert record["warm_replicas_of_v1"] >= 1  # kept deployed: keep_previous 1
-    # A switch, not a deployment: the controller polls every 0.5 s, the ingress refreshes
-    # every 0.2 s (0.8-2.1 s measured here, the slower while the ensemble that holds news was
-    # redeployed beside it; deploying a new version took ~10 s). Speed is a benchmark's to
-    # measure (benchmarks/scale.py); this bound only tells a switch from a deployment.
+    # A switch, not a deployment: the "serves again (kept warm)" line, and faster than this
+    # run's own deployment of version 2, measured side by side (the controller polls every
+    # 0.5 s and the ingress refreshes every 0.2 s; 0.8-4.2 s here on 2 loaded cores while the
+    # ensemble that holds news was redeployed beside it, against 8.6-9.9 s to deploy).
+    # Speed is a benchmark's to measure (benchmarks/scale.py).
     assert "model news version 1 serves again (kept warm)" in scenario["server_log"]
-    assert record["rollback_seconds"] < 4
+    assert record["rollback_seconds"] < record["update_seconds"], record
 
 
 def test_maas_models_promote_and_rollback_act_on_the_ray_deployment(scenario):
