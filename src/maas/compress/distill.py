@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from maas.batches import shuffled_batches
 from maas.model import INPUT_NAME
 from maas.progress import epoch_logger
 
@@ -179,12 +180,11 @@ def train_student(
     keras.utils.set_random_seed(seed)
     distiller = Distiller(student, temperature=temperature, alpha=alpha)
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate))
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices(
-            (ids, (labels, np.asarray(teacher_probabilities, np.float32)))
-        )
-        .shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
+    train_ds = shuffled_batches(
+        ids,
+        (labels, np.asarray(teacher_probabilities, np.float32)),
+        batch_size=batch_size,
+        seed=seed,
     )
     val_ds = tf.data.Dataset.from_tensor_slices(validation).batch(batch_size)
     stopper = keras.callbacks.EarlyStopping(

@@ -29,6 +29,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from maas.config import PRUNABLE_LAYERS
+from maas.batches import shuffled_batches
 from maas.model.ensemble import build_ensemble, ensemble_members
 from maas.progress import epoch_logger
 
@@ -178,11 +179,9 @@ def prune_one(
         metrics=["accuracy"],
     )
     history = wrapped.fit(
-        *train,
+        shuffled_batches(*train, batch_size=batch_size, seed=seed),
         validation_data=validation,
-        batch_size=batch_size,
         epochs=epochs,
-        shuffle=True,
         callbacks=[
             tfmot.sparsity.keras.UpdatePruningStep(),
             keeper,

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.compress.graph import FusedClassifier, has_recurrent_layer
+from maas.batches import shuffled_batches
 from maas.model.ensemble import build_ensemble, ensemble_members
 from maas.progress import epoch_logger
 
@@ -250,11 +251,9 @@ def quantization_aware_one(
         metrics=["accuracy"],
     )
     history = aware.fit(
-        *train,
+        shuffled_batches(*train, batch_size=batch_size, seed=seed),
         validation_data=validation,
-        batch_size=batch_size,
         epochs=epochs,
-        shuffle=True,
         callbacks=[epoch_logger("qat", epochs)],
         verbose=0,
     ).history

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from maas.batches import real_lengths
 from maas.model.bilstm import INPUT_NAME
 
 IDF_LAYER = "idf"
@@ -45,6 +46,18 @@ def term_counts(ids: tf.Tensor) -> tf.Tensor:
     """For each place, how often its id occurs in the post: ``(batch, n)`` int32."""
     same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), tf.int32)
     return tf.reduce_sum(same, axis=2)
+
+
+def trim_padding(token_ids: tf.Tensor) -> tf.Tensor:
+    """The batch's ids up to its last real token (at least one place): padding adds nothing.
+
+    The tokenizer pads at the end, so most of a batch of short posts is padding; cutting it
+    before the ``n x n`` term counts and the gathers makes a batch of similar lengths cheap
+    without changing any output. Found from the last non-zero id, so ids with zeros inside
+    keep every real token.
+    """
+    ids = tf.cast(token_ids, tf.int32)
+    return ids[:, : tf.maximum(tf.reduce_max(real_lengths(token_ids)), 1)]
 
 
 def max_vocabulary_size() -> int:
@@ -154,7 +167,10 @@ def tfidf_bag(
         idf[0] = 0.0
     if idf.shape != (rows,):
         raise ValueError(f"idf: expected {rows} weights, got {idf.shape}")
-    ids = ngram_ids(token_ids, vocabulary_size=vocabulary_size, bigram_buckets=bigram_buckets)
+    places = int(token_ids.shape[1])
+    ids = ngram_ids(
+        trim_padding(token_ids), vocabulary_size=vocabulary_size, bigram_buckets=bigram_buckets
+    )
     # The IDF as a frozen one-column embedding: a built-in layer, saved with the weights.
     idf_layer = keras.layers.Embedding(rows, 1, trainable=False, name=IDF_LAYER)
     weights = idf_layer(ids)
@@ -167,7 +183,7 @@ def tfidf_bag(
         name=TABLE_LAYER,
     )(ids)
     if sublinear_tf:
-        places = int(ids.shape[1])
+        places = 2 * places - 1 if bigram_buckets else places
         tf_layer = keras.layers.Embedding(places + 1, 1, trainable=False, name=TF_LAYER)
         weights = weights * tf_layer(term_counts(ids))
         tf_layer.set_weights([sublinear_weights(places)[:, None]])

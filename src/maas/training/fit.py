@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from maas.batches import shuffled_batches
 from maas.config import TrainParams
 from maas.model import build_architecture, compile_classifier
 from maas.tokenizer import Tokenizer
@@ -58,12 +59,13 @@ def make_dataset(
     order) and keeps its part of each global batch (``DATA`` sharding), so a step of N
     workers sees exactly the batch one worker would.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((ids, labels))
     if shuffle:
-        dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+        dataset = shuffled_batches(ids, labels, batch_size=batch_size, seed=seed)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def per_worker_dataset(
@@ -72,14 +74,15 @@ def per_worker_dataset(
     """Input for ParameterServerStrategy: each worker reads its own shard, repeated forever."""
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).shard(
-            context.num_input_pipelines, context.input_pipeline_id
-        )
+        shard = slice(context.input_pipeline_id, None, context.num_input_pipelines)
         batch = context.get_per_replica_batch_size(batch_size)
         if shuffle:
-            dataset = dataset.shuffle(len(ids), seed=seed + context.input_pipeline_id)
-            dataset = dataset.repeat().batch(batch)
+            dataset = shuffled_batches(
+                ids[shard], labels[shard], batch_size=batch,
+                seed=seed + context.input_pipeline_id, repeat=True,
+            )  # fmt: skip
         else:  # batches of one pass, repeated: none holds an example twice
+            dataset = tf.data.Dataset.from_tensor_slices((ids[shard], labels[shard]))
             dataset = dataset.batch(batch).repeat()
         return dataset.prefetch(tf.data.AUTOTUNE)
 
