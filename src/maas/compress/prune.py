@@ -28,8 +28,8 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from maas.config import PRUNABLE_LAYERS
 from maas.batches import shuffled_batches
+from maas.config import PRUNABLE_LAYERS
 from maas.model.ensemble import build_ensemble, ensemble_members
 from maas.progress import epoch_logger
 

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from maas.compress.graph import FusedClassifier, has_recurrent_layer
 from maas.batches import shuffled_batches
+from maas.compress.graph import FusedClassifier, has_recurrent_layer
 from maas.model.ensemble import build_ensemble, ensemble_members
 from maas.progress import epoch_logger
 
