@@ -100,3 +100,19 @@ def test_every_figure_displays_as_png_in_ipython_without_pyplot():
     for figure in figures:
         data, _ = formatter.format(figure)
         assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_texts_batches_similar_lengths_and_keeps_the_order():
+    rng = np.random.default_rng(0)
+    texts = ["x" * int(n) for n in rng.integers(0, 500, 1000)]
+    batches = []
+
+    def predict(chunk):
+        batches.append([len(text) for text in chunk])
+        return np.array([[len(text), 1.0] for text in chunk])
+
+    probabilities = evaluate.predict_texts(predict, texts, batch_size=100)
+    assert probabilities[:, 0].tolist() == [len(text) for text in texts]
+    assert [len(batch) for batch in batches] == [100] * 10
+    # Sorted by length: each batch spans a tenth of the range, not all of it.
+    assert all(max(batch) - min(batch) < 120 for batch in batches)

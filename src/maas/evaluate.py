@@ -66,9 +66,28 @@ def tfidf_baseline(
 def predict_texts(
     predict: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], batch_size: int = 256
 ) -> np.ndarray:
-    """Class probabilities for ``texts``, in batches, from a texts-to-probabilities callable."""
-    chunks = [predict(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    return np.concatenate(chunks, axis=0)
+    """Class probabilities for ``texts``, in batches, from a texts-to-probabilities callable.
+
+    The batches hold texts of similar length (:func:`predict_in_length_order`).
+    """
+    return predict_in_length_order(predict, texts, [len(text) for text in texts], batch_size)
+
+
+def predict_in_length_order(
+    predict: Callable, items: Sequence, lengths: Sequence[int], batch_size: int = 256
+) -> np.ndarray:
+    """``predict`` over ``items`` (texts, or rows of token ids) in batches of similar length.
+
+    Rows come back in the given order. A model that cuts a batch's padding (the wide model)
+    then pays for each batch's own length instead of the longest post's in it.
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    ordered = items[order] if isinstance(items, np.ndarray) else [items[i] for i in order]
+    chunks = [predict(ordered[i : i + batch_size]) for i in range(0, len(ordered), batch_size)]
+    stacked = np.concatenate(chunks, axis=0)
+    probabilities = np.empty_like(stacked)
+    probabilities[order] = stacked
+    return probabilities
 
 
 def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:

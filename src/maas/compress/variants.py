@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
+from maas.batches import real_lengths
 from maas.compress import distill, onnx_export, prune, quantize
 from maas.config import CompressParams
+from maas.evaluate import predict_in_length_order
 from maas.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,9 @@ class VariantBuilder:
 
     @functools.cached_property
     def teacher_train_probabilities(self) -> np.ndarray:
-        return self.inputs.teacher.predict(self.inputs.train[0], batch_size=256, verbose=0)
+        ids = self.inputs.train[0]
+        predict = functools.partial(self.inputs.teacher.predict, verbose=0)
+        return predict_in_length_order(predict, ids, real_lengths(ids).numpy())
 
     def _student(self, name: str, *, distilled: bool) -> keras.Model:
         settings = self.params.distill
