@@ -32,7 +32,8 @@ def test_a_queued_sweep_runs_both_architectures_and_reads_back(tmp_path, corpus_
     repo = copy_repo(tmp_path / "repo")
     for name, architecture in SWEEP.items():
         run([BIN / "dvc", "exp", "run", "--queue", "evaluate", "--name", name,
-             "-S", f"train.architecture={architecture}"], repo)  # fmt: skip
+             "-S", "train.ensemble=[]", "-S", f"train.architecture={architecture}"],
+            repo)  # fmt: skip
     run([BIN / "dvc", "exp", "run", "--run-all"], repo, timeout=1500)
     shown = experiments(json.loads(run([BIN / "dvc", "exp", "show", "--json"], repo).stdout))
     assert set(SWEEP) <= set(shown), sorted(shown)
@@ -40,6 +41,7 @@ def test_a_queued_sweep_runs_both_architectures_and_reads_back(tmp_path, corpus_
         data = shown[name]
         params = data["params"]["params.yaml"]["data"]
         assert params["train"]["architecture"] == architecture
+        assert params["train"]["ensemble"] == []  # the README's sweep: one model each
         metrics = data["metrics"]["reports/metrics/evaluate.json"]["data"]
         assert 0.0 <= metrics["model"]["accuracy"] <= 1.0
         trained = data["metrics"]["reports/train/metrics.json"]["data"]  # DVCLive's summary
