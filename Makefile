@@ -25,9 +25,7 @@ help:  ## list the targets
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: byte-compiling every installed file took half the install (120 s against
-	# 55 s here); Python compiles the modules it imports on first use instead.
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name maas --display-name "Python (maas)" >/dev/null
 	@touch $@
