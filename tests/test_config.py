@@ -34,7 +34,12 @@ def test_project_params_load_typed_and_frozen():
 
 def test_overrides_apply_on_top_of_the_file(raw, tmp_path):
     path = write(tmp_path, raw)
-    overrides = {"train.architecture": "cnn", "train.cnn.epochs": 2, "train.distribute.workers": 3}
+    overrides = {
+        "train.ensemble": [],  # the default is an ensemble: its members would set the epochs
+        "train.architecture": "cnn",
+        "train.cnn.epochs": 2,
+        "train.distribute.workers": 3,
+    }
     params = config.load_params(path, overrides)
     assert params.train.epochs == 2 and params.train.model == params.train.cnn
     assert params.train.distribute.workers == 3
