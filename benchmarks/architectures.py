@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         base["train"]["ensemble"] = [
             {"architecture": m.split(":")[0], "seed": int(m.split(":")[1])} for m in members
         ]
+        base["train"]["architecture"] = base["train"]["ensemble"][0]["architecture"]
     from maas.data import read_split
 
     with tempfile.TemporaryDirectory(prefix="maas-architectures-") as tmp:

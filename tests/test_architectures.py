@@ -44,7 +44,7 @@ ENSEMBLE = [{"architecture": "wide", "seed": 1}, {"architecture": "cnn", "seed":
 CASES = {
     "cnn": {"architecture": "cnn"},
     "wide": {"architecture": "wide"},
-    "ensemble": {"ensemble": ENSEMBLE},
+    "ensemble": {"architecture": "wide", "ensemble": ENSEMBLE},
 }
 # Small budgets that still exercise every technique (the full list of variants).
 COMPRESS = {
@@ -170,10 +170,8 @@ def test_wide_model_saves_loads_and_ignores_padding(tmp_path):
 
 def test_a_member_that_cannot_be_built_fails_before_any_training(data_project, tmp_path):
     raw = small_params_dict()
-    raw["train"]["ensemble"] = [
-        {"architecture": "wide", "seed": 1},
-        {"architecture": "cnn", "seed": 2},
-    ]
+    raw["train"]["architecture"] = "wide"
+    raw["train"]["ensemble"] = ENSEMBLE
     raw["train"]["cnn"]["kernel_sizes"] = [500]  # longer than the 64 tokens
     root = write_project(tmp_path, raw)
     shutil.copytree(data_project / "data" / "processed", root / "data" / "processed")

@@ -92,6 +92,14 @@ def test_overrides_apply_on_top_of_the_file(raw, tmp_path):
             ),
             "train.ensemble: must be distinct members",
         ),
+        (
+            lambda p: p["train"].update(
+                architecture="cnn",
+                ensemble=[{"architecture": "wide", "seed": 1}, {"architecture": "wide", "seed": 2}],
+            ),
+            "train.architecture: must be one of the ensemble members' architectures ['wide'], "
+            "got 'cnn'",
+        ),
         (lambda p: p["train"]["cnn"].update(kernel_sizes=[]), "train.cnn.kernel_sizes"),
         (lambda p: p["train"]["bilstm"].update(max_tokens=0), "train.bilstm.max_tokens"),
         (

@@ -177,6 +177,16 @@ class TrainParams:
             "train.ensemble",
             "distinct members (architecture, seed)",
         )
+        # With members, they decide what is trained; an architecture none of them has would be
+        # ignored without a word (`-S train.architecture=cnn` against the default ensemble).
+        kinds = sorted({member.architecture for member in self.ensemble})
+        _check(
+            not kinds or self.architecture in kinds,
+            "train.architecture",
+            f"one of the ensemble members' architectures {kinds}, got {self.architecture!r}:"
+            f" the members decide what is trained (train.ensemble=[] trains one"
+            f" {self.architecture} model)",
+        )
 
     @property
     def model(self) -> BilstmParams | CnnParams | WideParams:

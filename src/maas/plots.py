@@ -165,7 +165,7 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], *, x: str, xlabel: str) -> Figur
 
 def accuracy_vs_size(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """The compress stage's rows: accuracy against the gzipped model file."""
-    figure = tradeoff(rows, x="gzip_bytes", xlabel="model file, gzip -9 (bytes, log)")
+    figure = tradeoff(rows, x="gzip_bytes", xlabel="model file, gzipped (bytes, log)")
     figure.axes[0].set_title("Accuracy against size")
     return figure
 

@@ -57,7 +57,7 @@ def trim_padding(token_ids: tf.Tensor) -> tf.Tensor:
     keep every real token.
     """
     ids = tf.cast(token_ids, tf.int32)
-    return ids[:, : tf.maximum(tf.reduce_max(real_lengths(token_ids)), 1)]
+    return ids[:, : tf.maximum(tf.reduce_max(real_lengths(ids)), 1)]
 
 
 def max_vocabulary_size() -> int:
@@ -167,7 +167,7 @@ def tfidf_bag(
         idf[0] = 0.0
     if idf.shape != (rows,):
         raise ValueError(f"idf: expected {rows} weights, got {idf.shape}")
-    places = int(token_ids.shape[1])
+    places = int(token_ids.shape[1])  # of the input; with bigrams a post has more terms
     ids = ngram_ids(
         trim_padding(token_ids), vocabulary_size=vocabulary_size, bigram_buckets=bigram_buckets
     )
@@ -183,9 +183,9 @@ def tfidf_bag(
         name=TABLE_LAYER,
     )(ids)
     if sublinear_tf:
-        places = 2 * places - 1 if bigram_buckets else places
-        tf_layer = keras.layers.Embedding(places + 1, 1, trainable=False, name=TF_LAYER)
+        terms = 2 * places - 1 if bigram_buckets else places  # the most a term can occur
+        tf_layer = keras.layers.Embedding(terms + 1, 1, trainable=False, name=TF_LAYER)
         weights = weights * tf_layer(term_counts(ids))
-        tf_layer.set_weights([sublinear_weights(places)[:, None]])
+        tf_layer.set_weights([sublinear_weights(terms)[:, None]])
     total = tf.reduce_sum(vectors * weights, axis=1)
     return tf.math.l2_normalize(total, axis=1)  # an empty post stays a zero vector
