@@ -95,7 +95,7 @@ def test_overrides_apply_on_top_of_the_file(raw, tmp_path):
         (
             lambda p: p["train"].update(
                 architecture="cnn",
-                ensemble=[{"architecture": "wide", "seed": 1}, {"architecture": "wide", "seed": 2}],
+                ensemble=[{"architecture": "wide", "seed": s} for s in (1, 2)],
             ),
             "train.architecture: must be one of the ensemble members' architectures ['wide'], "
             "got 'cnn'",

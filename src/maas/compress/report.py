@@ -57,7 +57,9 @@ def gzip_size(path: str | Path) -> int:
     """
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return sum(len(gzip.compress(item.read_bytes(), compresslevel=GZIP_LEVEL, mtime=0)) for item in files)
+    return sum(
+        len(gzip.compress(item.read_bytes(), compresslevel=GZIP_LEVEL, mtime=0)) for item in files
+    )
 
 
 def batches(texts: Sequence[str], *, batch_size: int, count: int) -> list[list[str]]:
