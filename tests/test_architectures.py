@@ -96,6 +96,14 @@ def test_the_stage_trains_and_exports_the_chosen_architecture(trained):
         assert [m.name for m in members] == ["member_0_wide", "member_1_cnn"]
         record = read_json(directory / "provenance.json")
         assert [m["architecture"] for m in record["params"]["ensemble"]] == ["wide", "cnn"]
+        # Each member's own line: its best epoch among its epochs, the validation there.
+        lines = record["metrics"]["members"]
+        assert [(m["architecture"], m["seed"]) for m in lines] == [("wide", 1), ("cnn", 2)]
+        history = export.read_history(directory)
+        assert sum(m["epochs_run"] for m in lines) == len(history["val_accuracy"]) - 1
+        for line in lines:
+            assert 1 <= line["best_epoch"] <= line["epochs_run"] and line["train_seconds"] > 0
+        assert summary["steady_examples_per_second"] > 0  # the members' median
     else:
         assert members == [] and model.name == case
     assert summary["parameters"] == model.count_params() > 0

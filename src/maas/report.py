@@ -72,11 +72,14 @@ def train_section(paths: Paths) -> Section:
     rows = [{"metric": k, "last epoch": v} for k, v in metrics.items()]
     tables = [("Last epoch (DVCLive)", rows)]
     model = _json(paths.classifier_dir / PROVENANCE_FILE) or {}
-    summary = {k: v for k, v in model.get("metrics", {}).items() if not isinstance(v, dict)}
+    found = model.get("metrics", {})
+    summary = {k: v for k, v in found.items() if not isinstance(v, dict | list)}
     if summary:
         tables.insert(
             0, ("The exported model", [{"result": k, "value": v} for k, v in summary.items()])
         )
+    if found.get("members"):
+        tables.insert(1, ("Ensemble members", found["members"]))
     return Section("train", "Training", "", tables)
 
 

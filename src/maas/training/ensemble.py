@@ -5,7 +5,8 @@ training; then each trains with its own architecture section and seed, under the
 strategy, with early stopping. A member that fails stops the run with
 :class:`EnsembleMemberError` naming it, before anything is exported. The ensemble's history
 is the members' epochs one after the other, then one row for the ensemble itself (its
-validation loss and accuracy, the members' mean training figures at their best epochs).
+validation loss and accuracy, the members' mean training figures at their best epochs); its
+summary lists each member's best epoch, epochs, seconds and validation figures.
 """
 
 from __future__ import annotations
@@ -112,14 +113,42 @@ def fit_ensemble(
     log.info("ensemble: validation accuracy %.4f (members %s)", val_accuracy, [
         round(max(r.history["val_accuracy"]), 4) for r in results
     ])  # fmt: skip
+    steady = [r.steady_examples_per_second for r in results if r.steady_examples_per_second]
     return TrainResult(
         model=ensemble,
         history=history,
         best_epoch=len(history["loss"]),
         seconds=seconds,
         examples_per_second=epochs * len(train[0]) / seconds,
-        timeline=results[0].timeline,
+        steady_examples_per_second=float(np.median(steady)) if steady else None,
+        timeline=ensemble_timeline(results),
+        members=[
+            member_summary(member, result)
+            for member, result in zip(params.ensemble, results, strict=True)
+        ],
     )
+
+
+def member_summary(member: EnsembleMember, result) -> dict[str, Any]:
+    """One member's line in the ensemble's provenance: what it is, how far it trained."""
+    best = result.best_epoch - 1
+    return {
+        "architecture": member.architecture,
+        "seed": member.seed,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history["loss"]),
+        "train_seconds": round(result.seconds, 1),
+        "val_accuracy": result.history["val_accuracy"][best],
+        "val_loss": result.history["val_loss"][best],
+    }
+
+
+def ensemble_timeline(results) -> dict[str, float]:
+    """The first member's start and first steps, the last member's end."""
+    timeline = dict(results[0].timeline)
+    if "train_ended" in results[-1].timeline:
+        timeline["train_ended"] = results[-1].timeline["train_ended"]
+    return timeline
 
 
 def combined_history(results, *, val_loss: float, val_accuracy: float) -> dict[str, list[float]]:

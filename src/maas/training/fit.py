@@ -40,6 +40,7 @@ class TrainResult:
     initial_epoch: int = 0  # > 0: resumed from a backup after that many epochs
     steady_examples_per_second: float | None = None  # median epoch, the first left out
     timeline: dict[str, float] = field(default_factory=dict)  # see ThroughputMeter
+    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's, each summed up
 
 
 @dataclass

@@ -91,6 +91,7 @@ def summarize(
 ) -> dict[str, Any]:
     """The training summary the model's provenance and the notebook show."""
     best = result.best_epoch - 1
+    members = {"members": result.members} if result.members else {}
     return {
         "strategy": params.distribute.strategy,
         "replicas": int(strategy.num_replicas_in_sync),
@@ -105,6 +106,7 @@ def summarize(
         "val_loss": result.history["val_loss"][best],
         "parameters": int(model.count_params()),
         "weights_sha256": distributed.weights_digest(model.get_weights()),
+        **members,
     }
 
 
