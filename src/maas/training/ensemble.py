@@ -131,16 +131,7 @@ def fit_ensemble(
 
 def member_summary(member: EnsembleMember, result) -> dict[str, Any]:
     """One member's line in the ensemble's provenance: what it is, how far it trained."""
-    best = result.best_epoch - 1
-    return {
-        "architecture": member.architecture,
-        "seed": member.seed,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history["loss"]),
-        "train_seconds": round(result.seconds, 1),
-        "val_accuracy": result.history["val_accuracy"][best],
-        "val_loss": result.history["val_loss"][best],
-    }
+    return {"architecture": member.architecture, "seed": member.seed, **result.outcome()}
 
 
 def ensemble_timeline(results) -> dict[str, float]:

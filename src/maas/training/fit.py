@@ -40,7 +40,18 @@ class TrainResult:
     initial_epoch: int = 0  # > 0: resumed from a backup after that many epochs
     steady_examples_per_second: float | None = None  # median epoch, the first left out
     timeline: dict[str, float] = field(default_factory=dict)  # see ThroughputMeter
-    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's, each summed up
+    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's, each outcome()
+
+    def outcome(self) -> dict[str, Any]:
+        """How far this training went and what its kept epoch scored on validation."""
+        best = self.best_epoch - 1
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history["loss"]),
+            "train_seconds": round(self.seconds, 1),
+            "val_accuracy": self.history["val_accuracy"][best],
+            "val_loss": self.history["val_loss"][best],
+        }
 
 
 @dataclass

@@ -90,20 +90,15 @@ def summarize(
     strategy: tf.distribute.Strategy,
 ) -> dict[str, Any]:
     """The training summary the model's provenance and the notebook show."""
-    best = result.best_epoch - 1
     members = {"members": result.members} if result.members else {}
     return {
         "strategy": params.distribute.strategy,
         "replicas": int(strategy.num_replicas_in_sync),
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history["loss"]),
+        **result.outcome(),
         "resumed_from_epoch": result.initial_epoch,
-        "train_seconds": round(result.seconds, 1),
         "examples_per_second": round(result.examples_per_second, 1),
         "steady_examples_per_second": round(result.steady_examples_per_second or 0.0, 1),
         "timeline": result.timeline,  # wall-clock stamps (benchmarks read them)
-        "val_accuracy": result.history["val_accuracy"][best],
-        "val_loss": result.history["val_loss"][best],
         "parameters": int(model.count_params()),
         "weights_sha256": distributed.weights_digest(model.get_weights()),
         **members,
