@@ -16,10 +16,49 @@ def make(texts=("the cat sat", "the dog ran", "the cat ran"), size=6, length=4) 
     return Tokenizer.fit(texts, vocabulary_size=size, sequence_length=length, labels=("a", "b"))
 
 
-def test_split_lowercases_ascii_and_separates_on_anything_else():
+def test_split_casefolds_and_separates_on_anything_but_letters_marks_and_digits():
     assert split_tokens("Hello, World!! it's 42-ish\n\tÉcole") == [
-        "hello", "world", "it", "s", "42", "ish", "cole"
+        "hello", "world", "it", "s", "42", "ish", "école"
     ]  # fmt: skip
+
+
+def test_letters_of_every_script_are_kept_and_normalised():
+    assert split_tokens("café naïve") == ["café", "naïve"]
+    assert split_tokens("cafe\u0301") == ["café"]  # decomposed input, the same token
+    assert split_tokens("Straße ΣΊΣΥΦΟΣ Москва ﬁne x²") == [
+        "strasse", "σίσυφοσ", "москва", "fine", "x2"
+    ]  # fmt: skip
+    assert split_tokens("مرحبا بالعالم नमस्ते") == ["مرحبا", "بالعالم", "नमस्ते"]
+    assert split_tokens("한국어 텍스트") == ["한국어", "텍스트"]
+
+
+def test_scripts_without_spaces_become_characters_and_bigrams():
+    assert split_tokens("古代战争 0 A.D.") == [
+        "古",
+        "古代",
+        "代",
+        "代战",
+        "战",
+        "战争",
+        "争",
+        "0",
+        "a",
+        "d",
+    ]
+    assert split_tokens("ｶﾀｶﾅ") == ["カ", "カタ", "タ", "タカ", "カ", "カナ", "ナ"]  # half-width
+    assert split_tokens("abc日本def") == ["abc", "日", "日本", "本", "def"]
+
+
+def test_ascii_rule_of_earlier_tokenizer_files_still_loads(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({
+        "format": "maas-tokenizer/1", "sequence_length": 3, "labels": ["a", "b"],
+        "vocabulary": ["", "[UNK]", "cole", "caf"],
+    }))  # fmt: skip
+    old = Tokenizer.load(path)
+    assert old.rule == "ascii"
+    assert old.encode(["École café"]).tolist() == [[2, 3, 0]]
+    assert Tokenizer.load(old.save(tmp_path / "again.json")) == old
 
 
 def test_vocabulary_is_most_frequent_first_ties_by_name():
@@ -63,25 +102,36 @@ def test_vocabulary_must_reserve_padding_and_unknown():
 def graph_tokenizer():
     from maas.export import tokenize_graph
 
-    tok = make(
-        texts=["Space shuttle launch", "the engine of a car", "gun laws and the 2nd amendment"],
-        size=12,
-        length=6,
-    )
+    texts = [
+        "Space shuttle launch", "the engine of a car", "gun laws and the 2nd amendment",
+        "École naïve Straße", "古代战争实时策略游戏", "ひらがなとカタカナ", "Москва ΣΊΣΥΦΟΣ",
+    ]  # fmt: skip
+    tok = make(texts=texts, size=60, length=12)
     return tok, tokenize_graph(tok)
 
 
+# Random Unicode of every category but surrogates (which UTF-8 cannot carry), and samples
+# that hit the rule's corners: decomposed marks, no-space runs, compatibility forms.
 TEXT = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60
-) | st.sampled_from(["The SPACE shuttle!", "car's engine", "  ", "ÉCOLE über naïve", "a\u00a0b"])
+) | st.sampled_from([
+    "The SPACE shuttle!", "car's engine", "  ", "ÉCOLE über naïve", "a\u00a0b", "cafe\u0301",
+    "古代战争 0 A.D.", "ｶﾀｶﾅ and ﬁne", "abc日本def", "ภาษาไทย", "x²½", "İstanbul ǅ",
+])  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(texts=st.lists(TEXT, min_size=1, max_size=4))
-def test_tensorflow_twin_gives_identical_ids(graph_tokenizer, texts):
+def test_tensorflow_twin_gives_identical_tokens_and_ids(graph_tokenizer, texts):
     import tensorflow as tf
 
     tok, graph = graph_tokenizer
-    expected = tok.encode(texts)
-    actual = graph(tf.constant(texts, dtype=tf.string)).numpy()
-    np.testing.assert_array_equal(actual, expected)
+    batch = tf.constant(texts, dtype=tf.string)
+    tokens = [[token.decode() for token in row] for row in graph.token_strings(batch).to_list()]
+    assert tokens == [tok.tokens(text) for text in texts]
+    np.testing.assert_array_equal(graph(batch).numpy(), tok.encode(texts))
+    # A vocabulary fitted on these very texts: every token is looked up, not only [UNK].
+    own = Tokenizer.fit(texts, vocabulary_size=400, sequence_length=16, labels=("a", "b"))
+    from maas.export import tokenize_graph
+
+    np.testing.assert_array_equal(tokenize_graph(own)(batch).numpy(), own.encode(texts))

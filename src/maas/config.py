@@ -25,9 +25,11 @@ from typing import Any, Literal
 
 import yaml
 
+from maas.sources import NEWSGROUPS
 from maas.tokenizer import TOKENIZER_FILE
 
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
+RAW_DATA_DIR = "data/raw"  # a corpus file's home, versioned by `dvc add`
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
 # Compression variants (README "Compression"), each a folder models/compressed/<name>.
 # Teacher TFLite forms: float32 reference, dynamic-range int8, float16, full-integer int8,
@@ -58,8 +60,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
-    categories: tuple[str, ...] | None  # None: all 20 newsgroups
-    remove: tuple[str, ...]  # parts of each post to strip: headers, footers, quotes
+    source: str  # "20newsgroups", or a file or class folder under data/raw/ (sources.py)
+    text_column: str  # a table file's columns
+    label_column: str
+    split_column: str  # optional in the file: train / validation / test per row
+    test_fraction: float  # held out for the test split where the source does not decide it
+    encoding_errors: Literal["strict", "replace"]  # bytes that are not UTF-8
+    categories: tuple[str, ...] | None  # 20newsgroups only; None: all 20 newsgroups
+    remove: tuple[str, ...]  # 20newsgroups only: parts of each post to strip
     validation_fraction: float  # share of the training posts held out for validation
     seed: int
     vocabulary_size: int  # including the padding and out-of-vocabulary entries
@@ -68,6 +76,7 @@ class DataParams:
 
     def __post_init__(self) -> None:
         _check(0.0 < self.validation_fraction < 0.5, "data.validation_fraction", "in (0, 0.5)")
+        _check(0.0 < self.test_fraction <= 0.5, "data.test_fraction", "in (0, 0.5]")
         _check(self.vocabulary_size >= 3, "data.vocabulary_size", ">= 3")
         _check(self.sequence_length >= 1, "data.sequence_length", ">= 1")
         for part in self.remove:
@@ -76,6 +85,25 @@ class DataParams:
             _check(self.max_documents_per_class >= 2, "data.max_documents_per_class", ">= 2")
         if self.categories is not None:
             _check(len(self.categories) >= 2, "data.categories", "at least two names or null")
+        for key in ("text_column", "label_column", "split_column"):
+            _check(bool(getattr(self, key)), f"data.{key}", "a column name")
+        if self.source == NEWSGROUPS:
+            return
+        raw = Path(RAW_DATA_DIR)
+        source = Path(self.source)
+        _check(
+            not source.is_absolute() and ".." not in source.parts and raw in source.parents,
+            "data.source",
+            f"{NEWSGROUPS!r} or a path under {RAW_DATA_DIR}/ relative to the project (a "
+            f"file or a class folder that `dvc add` versions), got {self.source!r}",
+        )
+        # The newsgroup options mean nothing for another corpus: say so rather than ignore.
+        for key, unset in (("categories", "null"), ("remove", "[]")):
+            _check(
+                not getattr(self, key),
+                f"data.{key}",
+                f"{unset} for data.source {self.source!r} (it applies to {NEWSGROUPS} only)",
+            )
 
 
 @dataclass(frozen=True)
@@ -399,6 +427,10 @@ class Paths:
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / RAW_DATA_DIR
 
     @property
     def processed_dir(self) -> Path:

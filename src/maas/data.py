@@ -1,39 +1,53 @@
-"""The data stage: load 20 Newsgroups, clean it, split it, build the vocabulary.
+"""The data stage: load a corpus, check it, split it, build the vocabulary, describe it.
 
-The corpus comes through scikit-learn's own loader, :func:`sklearn.datasets.fetch_20newsgroups`,
-which downloads it once (14 MB) and caches it in ``$SCIKIT_LEARN_DATA`` (default
-``~/scikit_learn_data``). Offline, point ``SCIKIT_LEARN_DATA`` at a folder that holds the
-cache file ``20news-bydate_py3.pkz``.
+The corpus is ``data.source`` (:mod:`maas.sources`): 20 Newsgroups through scikit-learn's
+own loader, or a table file or class folder under ``data/raw/``, versioned by ``dvc add``.
+Every check runs before anything is written, so bad data stops the stage with a message that
+names the file, row and column, and leaves the previous outputs as they were.
 
-Splits are JSON lines (``{"text": ..., "label": ...}``); the test split is the standard
-"bydate" test set, untouched but for the parts named in ``remove``, so that accuracies compare
-with published figures. Posts left empty by the removal are dropped from training and
-validation only (they teach nothing) and kept in the test set (a fair test has them).
+Splits: where the source decides them (20 Newsgroups' "bydate" sets, a ``split`` column,
+``train/`` and ``test/`` folders) they are kept, so that accuracies compare with published
+figures; otherwise a stratified, seeded ``test_fraction`` is held out. Validation comes out
+of the training texts (stratified) unless the source names validation rows. Texts without a
+single token are dropped from training and validation only (they teach nothing) and kept in
+the test set (a fair test has them).
+
+Splits are JSON lines (``{"text": ..., "label": <class index>}``); the class names travel in
+the tokenizer file (``labels``) to every model and server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from maas import unicode_text
 from maas.config import DataParams, Paths, to_dict
-from maas.provenance import atomic_dir, build_provenance, write_json
-from maas.tokenizer import TOKENIZER_FILE, Tokenizer, split_tokens
+from maas.provenance import atomic_dir, build_provenance, sha256_tree, write_json
+from maas.sources import (
+    NEWSGROUPS,
+    NEWSGROUPS_CACHE_FILE,
+    CorpusUnavailableError,
+    DataError,
+    RawCorpus,
+    load_source,
+)
+from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-CACHE_FILE = "20news-bydate_py3.pkz"
-
-
-class CorpusUnavailableError(RuntimeError):
-    """The corpus is neither cached nor downloadable."""
+__all__ = ["CorpusUnavailableError", "DataError", "SPLITS", "Split", "read_split", "run"]
 
 
 @dataclass(frozen=True)
@@ -44,59 +58,21 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-
-def corpus_help(data_home: str | os.PathLike | None) -> str:
-    where = data_home or os.environ.get("SCIKIT_LEARN_DATA") or "~/scikit_learn_data"
-    return (
-        "The 20 Newsgroups corpus is not available: it is not cached in "
-        f"{where} and could not be downloaded. Either connect to the internet once "
-        "(scikit-learn downloads 14 MB and caches it), or copy scikit-learn's cache file "
-        f"{CACHE_FILE} into a folder and point SCIKIT_LEARN_DATA at it: "
-        "`export SCIKIT_LEARN_DATA=/path/to/that/folder`."
-    )
-
-
-def load_corpus(
-    *,
-    categories: Sequence[str] | None,
-    remove: Sequence[str],
-    data_home: str | os.PathLike | None = None,
-) -> tuple[Split, Split, tuple[str, ...]]:
-    """The standard train and test posts, and the class names.
-
-    Raises:
-        CorpusUnavailableError: no cache and no network; the message says how to fix it.
-        ValueError: an unknown category name.
-    """
-    from sklearn.datasets import fetch_20newsgroups
-
-    loaded = {}
-    for subset in ("train", "test"):
-        try:
-            bunch = fetch_20newsgroups(
-                data_home=data_home,
-                subset=subset,
-                categories=list(categories) if categories else None,
-                remove=tuple(remove),
-                shuffle=False,
-            )
-        except (OSError, EOFError) as error:  # URLError is an OSError; a cut download an EOF
-            raise CorpusUnavailableError(f"{corpus_help(data_home)} ({error})") from error
-        loaded[subset] = bunch
-    names = tuple(loaded["train"].target_names)
-    if categories and len(names) != len(set(categories)):
-        unknown = sorted(set(categories) - set(names))
-        raise ValueError(f"data.categories: unknown newsgroup(s) {unknown}")
-    train, test = (
-        Split([clean_text(t) for t in loaded[s].data], np.asarray(loaded[s].target, np.int64))
-        for s in ("train", "test")
-    )
-    return train, test, names
+    def take(self, indices: Sequence[int] | np.ndarray) -> Split:
+        return Split([self.texts[i] for i in indices], self.labels[np.asarray(indices, int)])
 
 
 def clean_text(text: str) -> str:
     """Normalise white space; keep the words (the tokenizer decides what a token is)."""
     return " ".join(text.split())
+
+
+def class_names(labels: Sequence[Any]) -> tuple[str, ...]:
+    """The distinct labels as class names: integers in numeric order, else sorted names."""
+    names = {str(label) for label in labels}
+    if all(re.fullmatch(r"-?\d+", name) for name in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
 
 
 def subsample(split: Split, *, per_class: int | None, seed: int) -> Split:
@@ -108,31 +84,107 @@ def subsample(split: Split, *, per_class: int | None, seed: int) -> Split:
     for label in np.unique(split.labels):
         members = np.flatnonzero(split.labels == label)
         keep.extend(rng.permutation(members)[:per_class])
-    keep = np.sort(np.asarray(keep))
-    return Split([split.texts[i] for i in keep], split.labels[keep])
+    return split.take(np.sort(np.asarray(keep, dtype=int)))
 
 
 def drop_empty(split: Split) -> tuple[Split, int]:
-    keep = [i for i, text in enumerate(split.texts) if split_tokens(text)]
-    return Split([split.texts[i] for i in keep], split.labels[keep]), len(split) - len(keep)
+    keep = [i for i, text in enumerate(split.texts) if unicode_text.folded_tokens(text)]
+    return split.take(keep), len(split) - len(keep)
 
 
-def train_validation_split(split: Split, *, fraction: float, seed: int) -> tuple[Split, Split]:
-    """A stratified split, so every class is in both parts in the same proportion."""
+def stratified_split(split: Split, *, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, held out): a stratified split, every class in both parts in proportion.
+
+    Raises:
+        DataError: too few texts to give every class a place on both sides.
+    """
     from sklearn.model_selection import train_test_split
 
-    idx_train, idx_val = train_test_split(
+    classes = len(np.unique(split.labels))
+    held = math.ceil(fraction * len(split))
+    if min(held, len(split) - held) < classes:
+        raise DataError(
+            f"{len(split)} texts are too few to hold out {fraction:.0%} of them for each of "
+            f"{classes} classes: add texts, or raise the fraction"
+        )
+
+    idx_rest, idx_held = train_test_split(
         np.arange(len(split)), test_size=fraction, random_state=seed, stratify=split.labels
     )
-    idx_train, idx_val = np.sort(idx_train), np.sort(idx_val)
-    take = lambda idx: Split([split.texts[i] for i in idx], split.labels[idx])  # noqa: E731
-    return take(idx_train), take(idx_val)
+    return split.take(np.sort(idx_rest)), split.take(np.sort(idx_held))
+
+
+def check_class_sizes(split: Split, names: Sequence[str], *, needed: int, what: str) -> None:
+    """Every class needs ``needed`` texts in ``split`` to be held out from: else a DataError
+    that names the class and its count."""
+    counts = np.bincount(split.labels, minlength=len(names)).tolist()
+    for name, count in zip(names, counts, strict=True):
+        if 0 < count < needed:
+            raise DataError(
+                f"class {name!r} has {count} text{'s' * (count != 1)} {what}: at least "
+                f"{needed} are needed to split it (add texts, or drop the class)"
+            )
+
+
+def split_corpus(corpus: RawCorpus, params: DataParams) -> tuple[dict[str, Split], dict]:
+    """Train, validation and test splits of a loaded corpus, and what the split dropped.
+
+    Raises:
+        DataError: one class only, a class too small to split, no training or test texts,
+            or test labels that training never saw.
+    """
+    names = corpus.names or class_names(corpus.labels)
+    if len(names) < 2:
+        raise DataError(
+            f"{corpus.location}: only one class ({names[0]!r}): a classifier needs two or more"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    whole = Split(
+        [clean_text(text) for text in corpus.texts],
+        np.fromiter((index[str(label)] for label in corpus.labels), np.int64, len(corpus.labels)),
+    )
+    per_class, seed = params.max_documents_per_class, params.seed
+    validation = None
+    if corpus.splits is not None:
+        where = np.asarray(corpus.splits)
+        parts = {name: whole.take(np.flatnonzero(where == name)) for name in SPLITS}
+        for name in ("train", "test"):
+            if not len(parts[name]):
+                raise DataError(f"{corpus.location}: no texts in the {name} split")
+        train_all = subsample(parts["train"], per_class=per_class, seed=seed)
+        test = subsample(parts["test"], per_class=per_class, seed=seed)
+        if len(parts["validation"]):
+            validation = subsample(parts["validation"], per_class=per_class, seed=seed)
+    else:
+        whole = subsample(whole, per_class=per_class, seed=seed)
+        # One for testing, one for validation, one to train on: the least a class can have.
+        check_class_sizes(whole, names, needed=3, what=f"in {corpus.location}")
+        train_all, test = stratified_split(whole, fraction=params.test_fraction, seed=seed)
+    train_all, dropped = drop_empty(train_all)
+    unseen = sorted(set(np.unique(test.labels)) - set(np.unique(train_all.labels)))
+    if unseen:
+        raise DataError(
+            f"{corpus.location}: test labels never seen in training: "
+            f"{[names[i] for i in unseen]} (a model cannot predict them)"
+        )
+    if validation is None:
+        check_class_sizes(train_all, names, needed=2, what="in the training split")
+        train, validation = stratified_split(
+            train_all, fraction=params.validation_fraction, seed=seed
+        )
+    else:
+        train = train_all
+        validation, dropped_validation = drop_empty(validation)
+        dropped += dropped_validation
+    splits = {"train": train, "validation": validation, "test": test}
+    return splits, {"names": names, "dropped_empty": dropped}
 
 
 def save_split(split: Split, path: Path) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for text, label in zip(split.texts, split.labels, strict=True):
-            handle.write(json.dumps({"text": text, "label": int(label)}) + "\n")
+            handle.write(json.dumps({"text": text, "label": int(label)}, ensure_ascii=False))
+            handle.write("\n")
 
 
 def read_split(path: str | Path) -> Split:
@@ -157,50 +209,139 @@ def read_splits(paths: Paths) -> dict[str, Split]:
     return {name: read_split(paths.split(name)) for name in SPLITS}
 
 
-def data_card(splits: dict[str, Split], tokenizer: Tokenizer, dropped: int) -> dict:
-    """Class counts per split, length statistics, truncation and out-of-vocabulary rates."""
-    card: dict = {"classes": list(tokenizer.labels), "dropped_empty_posts": dropped, "splits": {}}
-    for name, split in splits.items():
-        lengths = np.array([len(split_tokens(text)) for text in split.texts])
-        ids = tokenizer.encode(split.texts)
-        real = ids > 0
-        card["splits"][name] = {
-            "posts": len(split),
-            "class_counts": np.bincount(split.labels, minlength=len(tokenizer.labels)).tolist(),
-            "tokens_mean": round(float(lengths.mean()), 1),
-            "tokens_median": float(np.median(lengths)),
-            "tokens_p95": float(np.percentile(lengths, 95)),
-            "empty_posts": int((lengths == 0).sum()),
-            "truncated_share": round(float((lengths > tokenizer.sequence_length).mean()), 4),
-            "oov_rate": round(float((ids[real] == 1).mean()) if real.any() else 0.0, 4),
-        }
+def scripts_found(texts: Sequence[str], *, top: int = 8) -> dict[str, float]:
+    """The share of letters in each script (the most frequent ``top``, then ``Other``)."""
+    chars: Counter[str] = Counter()
+    for text in texts:
+        chars.update(text)
+    scripts: Counter[str] = Counter()
+    for char, count in chars.items():
+        script = unicode_text.script_of(char)
+        if script:
+            scripts[script] += count
+    total = sum(scripts.values()) or 1
+    shares = {name: round(count / total, 4) for name, count in scripts.most_common(top)}
+    rest = 1.0 - sum(shares.values())
+    if len(scripts) > top and rest > 0:
+        shares["Other"] = round(rest, 4)
+    return shares
+
+
+def duplicates(splits: dict[str, Split]) -> dict[str, int]:
+    """Texts of the test and validation splits that also appear in training (leakage)."""
+    train = set(splits["train"].texts)
+    return {
+        "test_in_train": sum(text in train for text in splits["test"].texts),
+        "validation_in_train": sum(text in train for text in splits["validation"].texts),
+        "within_train": len(splits["train"]) - len(train),
+    }
+
+
+def split_card(split: Split, tokenizer: Tokenizer) -> dict:
+    """Counts, lengths in tokens, truncation and out-of-vocabulary rate of one split.
+
+    One text at a time, never the whole split's id matrix (500,000 texts x 1,000 ids would be
+    2 GB for a few numbers).
+    """
+    index = tokenizer._index  # type: ignore[attr-defined]
+    lengths = np.empty(len(split), dtype=np.int64)
+    kept = unknown = 0
+    for row, text in enumerate(split.texts):
+        tokens = tokenizer.tokens(text)
+        lengths[row] = len(tokens)
+        head = tokens[: tokenizer.sequence_length]
+        kept += len(head)
+        unknown += sum(token not in index for token in head)
+    if not len(split):
+        lengths = np.zeros(1, dtype=np.int64)
+    return {
+        "posts": len(split),
+        "class_counts": np.bincount(split.labels, minlength=len(tokenizer.labels)).tolist(),
+        "tokens_mean": round(float(lengths.mean()), 1),
+        "tokens_median": float(np.median(lengths)),
+        "tokens_p95": float(np.percentile(lengths, 95)),
+        "empty_posts": int((lengths == 0).sum()),
+        "truncated_share": round(float((lengths > tokenizer.sequence_length).mean()), 4),
+        "oov_rate": round(unknown / kept, 4) if kept else 0.0,
+    }
+
+
+def data_card(
+    splits: dict[str, Split], tokenizer: Tokenizer, dropped: int, corpus: RawCorpus | None = None
+) -> dict:
+    """What the corpus is and holds: title, source, classes, per-split statistics, scripts,
+    duplicates shared between splits."""
+    card: dict = {
+        "title": corpus.title if corpus else "",
+        "source": corpus.location if corpus else "",
+        "classes": list(tokenizer.labels),
+        "dropped_empty_posts": dropped,
+        "replaced_undecodable_rows": corpus.replaced_rows if corpus else 0,
+        "splits": {name: split_card(split, tokenizer) for name, split in splits.items()},
+        "scripts": scripts_found(splits["train"].texts),
+        "duplicates": duplicates(splits),
+    }
     return card
 
 
-def run(params: DataParams, paths: Paths, *, data_home: str | None = None) -> dict:
-    """Run the data stage: load, clean, split, fit the tokenizer, write outputs.
+def raw_path(params: DataParams, paths: Paths, data_home: str | os.PathLike | None) -> Path | None:
+    """The raw corpus on disk: the source file or folder, or 20 Newsgroups' cache file."""
+    if params.source == NEWSGROUPS:
+        from sklearn.datasets import get_data_home
+
+        cached = Path(get_data_home(data_home)) / NEWSGROUPS_CACHE_FILE
+        return cached if cached.is_file() else None
+    return paths.root / params.source
+
+
+def run(params: DataParams, paths: Paths, *, data_home: str | os.PathLike | None = None) -> dict:
+    """Run the data stage: load, check, split, fit the tokenizer, write outputs.
 
     Writes ``data/processed/{train,validation,test}.jsonl``, ``tokenizer.json`` and
     ``provenance.json`` in one atomic step, the data card to ``reports/data/card.json`` and
-    its headline figures to ``reports/metrics/data.json``; returns the data card.
+    its headline figures to ``reports/metrics/data.json``; returns the data card. Nothing is
+    written when the data fails a check.
+
+    Raises:
+        DataError: the source is missing or its data is unusable (file, row and column named).
+        CorpusUnavailableError: 20 Newsgroups is neither cached nor downloadable.
     """
-    train_all, test, names = load_corpus(
-        categories=params.categories, remove=params.remove, data_home=data_home
+    corpus = load_source(
+        params.source,
+        root=paths.root,
+        text_column=params.text_column,
+        label_column=params.label_column,
+        split_column=params.split_column,
+        encoding_errors=params.encoding_errors,
+        categories=params.categories,
+        remove=params.remove,
+        data_home=data_home,
     )
-    train_all = subsample(train_all, per_class=params.max_documents_per_class, seed=params.seed)
-    test = subsample(test, per_class=params.max_documents_per_class, seed=params.seed)
-    train_all, dropped = drop_empty(train_all)
-    train, validation = train_validation_split(
-        train_all, fraction=params.validation_fraction, seed=params.seed
-    )
+    raw_file = paths.root / params.source
+    if params.source != NEWSGROUPS and not Path(f"{raw_file}.dvc").is_file():
+        log.warning(
+            "%s is not tracked by DVC: `dvc add %s` so that `dvc checkout` restores it",
+            params.source,
+            params.source,
+        )
+    splits, split_info = split_corpus(corpus, params)
+    del corpus.texts[:]  # the splits hold the cleaned texts now
     tokenizer = Tokenizer.fit(
-        train.texts,
+        splits["train"].texts,
         vocabulary_size=params.vocabulary_size,
         sequence_length=params.sequence_length,
-        labels=names,
+        labels=split_info["names"],
     )
-    splits = {"train": train, "validation": validation, "test": test}
-    card = data_card(splits, tokenizer, dropped)
+    card = data_card(splits, tokenizer, split_info["dropped_empty"], corpus)
+    leaked = card["duplicates"]["test_in_train"]
+    if leaked:
+        log.warning(
+            "data: %d test texts also appear in training (%.1f %% of the test split): "
+            "accuracy on them measures memory, not generalisation",
+            leaked,
+            100 * leaked / len(splits["test"]),
+        )
+    raw = raw_path(params, paths, data_home)
     with atomic_dir(paths.processed_dir) as out:
         for name, split in splits.items():
             save_split(split, out / f"{name}.jsonl")
@@ -210,7 +351,13 @@ def run(params: DataParams, paths: Paths, *, data_home: str | None = None) -> di
             params=to_dict(params),
             inputs={name: out / f"{name}.jsonl" for name in SPLITS},
             metrics={f"{name}_posts": len(split) for name, split in splits.items()},
-            extra={"tokenizer_fingerprint": tokenizer.fingerprint()},
+            extra={
+                "tokenizer_fingerprint": tokenizer.fingerprint(),
+                "corpus": card["title"],
+                "raw_sha256": sha256_tree(raw)
+                if (raw := raw_path(params, paths, data_home))
+                else None,
+            },
             root=paths.root,
         )
         write_json(out / "provenance.json", record)
@@ -219,8 +366,10 @@ def run(params: DataParams, paths: Paths, *, data_home: str | None = None) -> di
         paths.metrics_dir / "data.json",
         {
             **{f"{name}_posts": len(split) for name, split in splits.items()},
+            "classes": len(tokenizer.labels),
             "vocabulary_size": tokenizer.vocabulary_size,
             "test_oov_rate": card["splits"]["test"]["oov_rate"],
+            "test_in_train": leaked,
         },
     )
     log.info("data: %s", {name: len(split) for name, split in splits.items()})

@@ -24,8 +24,9 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from maas import unicode_text
 from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
-from maas.tokenizer import PAD_ID, TOKENIZER_FILE, UNK_ID, Tokenizer
+from maas.tokenizer import PAD, PAD_ID, TOKENIZER_FILE, UNK_ID, Tokenizer
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -33,28 +34,123 @@ HISTORY_FILE = "history.json"
 
 
 class TextTokenizer(tf.Module):
-    """:class:`maas.tokenizer.Tokenizer` in TensorFlow ops, so a SavedModel takes raw text."""
+    """:class:`maas.tokenizer.Tokenizer` in TensorFlow ops, so a SavedModel takes raw text.
+
+    The Unicode rule runs on code points: decode UTF-8 (invalid bytes become U+FFFD, a
+    separator), fold each code point through the table of :func:`maas.unicode_text.fold_table`
+    (a code point may grow into several), classify the folded ones by binary search in
+    :func:`maas.unicode_text.class_runs`, then cut words, single no-space characters and their
+    bigrams, in text order, exactly as :func:`maas.unicode_text.folded_tokens` does.
+    """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         super().__init__()
-        words = list(tokenizer.vocabulary[2:])
+        keys = tokenizer.lookup_keys()[2:]
+        self.rule = tokenizer.rule
         self.sequence_length = tokenizer.sequence_length
+        values = list(range(2, len(keys) + 2))
+        if not keys:  # a table cannot be empty; no token is ever the empty string
+            keys, values = [PAD], [UNK_ID]
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
-                tf.constant(words, tf.string),
-                tf.range(2, len(words) + 2, dtype=tf.int64),
+                tf.constant(keys, tf.string), tf.constant(values, tf.int64)
             ),
             default_value=UNK_ID,
         )
+        if self.rule == "unicode":
+            self._build_unicode_tables()
+
+    def _build_unicode_tables(self) -> None:
+        folds = unicode_text.fold_table()
+        # Expansion 0 is "the code point itself" (a -1 placeholder); i >= 1 are the table's.
+        values, starts, lengths = [-1], [0], [1]
+        for folded in folds.values():
+            starts.append(len(values))
+            lengths.append(len(folded))
+            values.extend(ord(char) for char in folded)
+        self.fold_index = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(folds), tf.int64),
+                tf.range(1, len(folds) + 1, dtype=tf.int64),
+            ),
+            default_value=0,
+        )
+        self.fold_values = tf.constant(values, tf.int32)
+        self.fold_starts = tf.constant(starts, tf.int64)
+        self.fold_lengths = tf.constant(lengths, tf.int64)
+        run_starts, run_kinds = unicode_text.class_runs()
+        self.run_starts = tf.constant(run_starts, tf.int32)
+        self.run_kinds = tf.constant(run_kinds, tf.int32)
 
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:
-        lowered = tf.strings.lower(texts)  # ASCII only, as in maas.tokenizer
-        spaced = tf.strings.regex_replace(lowered, "[^a-z0-9]+", " ")
-        tokens = tf.strings.split(spaced)  # on white space, no empty tokens
-        tokens = tokens[:, : self.sequence_length]
+        tokens = self.token_strings(texts)[:, : self.sequence_length]
         ids = tf.ragged.map_flat_values(self.table.lookup, tokens)
         dense = ids.to_tensor(default_value=PAD_ID, shape=[None, self.sequence_length])
         return tf.cast(dense, tf.int32)
+
+    def token_strings(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """The tokens of each text, as looked up (folded form): ragged ``(batch, None)``."""
+        if self.rule == "ascii":
+            lowered = tf.strings.lower(texts)  # ASCII only, as the ascii rule
+            return tf.strings.split(tf.strings.regex_replace(lowered, "[^a-z0-9]+", " "))
+        decoded = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
+        code_points, rows = self._fold(decoded)
+        kinds = tf.gather(
+            self.run_kinds, tf.searchsorted(self.run_starts, code_points, side="right") - 1
+        )
+        starts, ends, order_keys = self._token_spans(kinds, rows)
+        order = tf.argsort(order_keys, stable=True)
+        starts, ends = tf.gather(starts, order), tf.gather(ends, order)
+        spans = tf.ragged.range(starts, ends)
+        strings = tf.strings.unicode_encode(
+            tf.RaggedTensor.from_row_splits(
+                tf.gather(code_points, spans.flat_values), spans.row_splits
+            ),
+            "UTF-8",
+        )
+        return tf.RaggedTensor.from_value_rowids(
+            strings, tf.gather(rows, starts), nrows=tf.shape(texts, out_type=tf.int64)[0]
+        )
+
+    def _fold(self, decoded: tf.RaggedTensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Every text's code points folded, flat, with the row (text) of each."""
+        flat = decoded.flat_values
+        expansion = self.fold_index.lookup(tf.cast(flat, tf.int64))
+        lengths = tf.gather(self.fold_lengths, expansion)
+        positions = tf.ragged.range(
+            tf.gather(self.fold_starts, expansion),
+            tf.gather(self.fold_starts, expansion) + lengths,
+        ).flat_values
+        values = tf.gather(self.fold_values, positions)
+        code_points = tf.where(values < 0, tf.repeat(flat, lengths), values)
+        rows = tf.repeat(decoded.value_rowids(), lengths)
+        return code_points, rows
+
+    @staticmethod
+    def _token_spans(kinds: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """Start, end (flat code-point positions) and an ordering key of every token."""
+        word, chars = tf.equal(kinds, unicode_text.WORD), tf.equal(kinds, unicode_text.NO_SPACE)
+        # Whether position i continues the run of i - 1 (same kind, same text).
+        same_row_before = tf.concat([[False], tf.equal(rows[1:], rows[:-1])], axis=0)
+        word_before = tf.concat([[False], word[:-1]], axis=0) & same_row_before
+        word_after = tf.concat([word[1:], [False]], axis=0) & tf.concat(
+            [same_row_before[1:], [False]], axis=0
+        )
+        chars_after = tf.concat([chars[1:], [False]], axis=0) & tf.concat(
+            [same_row_before[1:], [False]], axis=0
+        )
+        word_starts = tf.where(word & ~word_before)[:, 0]
+        word_ends = tf.where(word & ~word_after)[:, 0] + 1
+        char_starts = tf.where(chars)[:, 0]
+        bigram_starts = tf.where(chars & chars_after)[:, 0]
+        starts = tf.concat([word_starts, char_starts, bigram_starts], axis=0)
+        ends = tf.concat([word_ends, char_starts + 1, bigram_starts + 2], axis=0)
+        # A bigram comes right after the character it starts with.
+        order_keys = 2 * starts + tf.concat(
+            [tf.zeros_like(word_starts), tf.zeros_like(char_starts), tf.ones_like(bigram_starts)],
+            axis=0,
+        )
+        return starts, ends, order_keys
 
 
 def tokenize_graph(tokenizer: Tokenizer) -> TextTokenizer:

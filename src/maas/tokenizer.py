@@ -1,18 +1,27 @@
 """The one tokenizer shared by every model, compressed variant and server.
 
 It needs no TensorFlow, so a TFLite or ONNX server can tokenize without it. The SavedModel
-export rebuilds the same rule from TensorFlow ops (:func:`maas.export.tokenize_graph`), and
-the tests check that both give identical ids.
+export rebuilds the same rule from TensorFlow ops (:func:`maas.export.tokenize_graph`), and a
+property-based test checks that both give identical ids on random Unicode text.
 
-The rule: lower-case ASCII letters, treat every run of characters outside ``[a-z0-9]`` as a
-separator, keep the first ``sequence_length`` tokens, map each to its vocabulary index
-(unknown tokens to ``1``) and pad with ``0`` at the end.
+The rule (``unicode``, :mod:`maas.unicode_text`): fold the text (NFKC-equivalent
+normalisation and full case folding), keep runs of letters, combining marks and digits of
+every script as words (``café`` stays ``café``, ``Москва`` becomes ``москва``), and turn
+scripts written without spaces (Han, kana, Thai, ...) into single characters plus character
+bigrams (``战争`` -> ``战``, ``战争``, ``争``); everything else separates. Keep the first
+``sequence_length`` tokens, map each to its vocabulary index (unknown tokens to ``1``) and
+pad with ``0`` at the end.
+
+Tokenizer files written before the Unicode rule (format ``maas-tokenizer/1``: lower-case
+ASCII, ``[a-z0-9]`` runs only) load with their own rule, so older model versions keep
+serving exactly as they were trained.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,19 +30,28 @@ from pathlib import Path
 
 import numpy as np
 
+from maas import unicode_text
+
+log = logging.getLogger(__name__)
+
 PAD, UNK = "", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
-SEPARATOR = re.compile(r"[^a-z0-9]+")
-# Only ASCII is lower-cased: TensorFlow's tf.strings.lower does the same by default, so the
-# two implementations agree on every input.
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-FORMAT = "maas-tokenizer/1"
+FORMAT = "maas-tokenizer/2"
+ASCII_FORMAT = "maas-tokenizer/1"  # the ASCII-only rule of earlier artifacts
+RULES = ("unicode", "ascii")
 TOKENIZER_FILE = "tokenizer.json"  # its name in data/processed and in every artifact folder
+
+_ASCII_SEPARATOR = re.compile(r"[^a-z0-9]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def split_tokens(text: str) -> list[str]:
-    """The tokens of one text, before vocabulary lookup."""
-    return SEPARATOR.sub(" ", text.translate(_ASCII_LOWER)).split()
+    """The tokens of one text in readable (composed) form, before vocabulary lookup."""
+    return [unicode_text.compose(token) for token in unicode_text.folded_tokens(text)]
+
+
+def _ascii_tokens(text: str) -> list[str]:
+    return _ASCII_SEPARATOR.sub(" ", text.translate(_ASCII_LOWER)).split()
 
 
 @dataclass(frozen=True)
@@ -43,17 +61,33 @@ class Tokenizer:
     vocabulary: tuple[str, ...]  # index 0 is padding, 1 is the out-of-vocabulary token
     sequence_length: int
     labels: tuple[str, ...]
+    rule: str = "unicode"  # "ascii" only for tokenizer files of format maas-tokenizer/1
 
     def __post_init__(self) -> None:
         if self.vocabulary[:2] != (PAD, UNK):
             raise ValueError("vocabulary must start with the padding and [UNK] entries")
         if self.sequence_length < 1:
             raise ValueError("sequence_length must be >= 1")
-        object.__setattr__(self, "_index", {tok: i for i, tok in enumerate(self.vocabulary)})
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        object.__setattr__(self, "_index", {key: i for i, key in enumerate(self.lookup_keys())})
 
     @property
     def vocabulary_size(self) -> int:
         return len(self.vocabulary)
+
+    def lookup_keys(self) -> list[str]:
+        """The vocabulary as the ids are looked up: in folded form (decomposed), the form the
+        text takes before its tokens are cut; the SavedModel's table holds the same keys."""
+        if self.rule == "ascii":
+            return list(self.vocabulary)
+        return [unicode_text.fold(word) for word in self.vocabulary]
+
+    def tokens(self, text: str) -> list[str]:
+        """The tokens of one text as they are looked up (folded form)."""
+        if self.rule == "ascii":
+            return _ascii_tokens(text)
+        return unicode_text.folded_tokens(text)
 
     @classmethod
     def fit(
@@ -77,17 +111,22 @@ class Tokenizer:
         ids = np.zeros((len(texts), self.sequence_length), dtype=np.int32)
         index = self._index  # type: ignore[attr-defined]
         for row, text in enumerate(texts):
-            tokens = split_tokens(text)[: self.sequence_length]
+            tokens = self.tokens(text)[: self.sequence_length]
             ids[row, : len(tokens)] = [index.get(token, UNK_ID) for token in tokens]
         return ids
 
     def to_json(self) -> dict:
-        return {
-            "format": FORMAT,
+        record = {
+            "format": FORMAT if self.rule == "unicode" else ASCII_FORMAT,
             "sequence_length": self.sequence_length,
             "labels": list(self.labels),
             "vocabulary": list(self.vocabulary),
         }
+        if self.rule == "unicode":
+            # Folding comes from this Python's Unicode tables: a character that a later
+            # version assigns could fold differently there.
+            record["unicode_version"] = unicode_text.UNICODE_VERSION
+        return record
 
     def fingerprint(self) -> str:
         """A short hash that changes whenever the ids for some text would change."""
@@ -98,7 +137,7 @@ class Tokenizer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json()), encoding="utf-8")
+        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)
         return path
 
@@ -112,6 +151,20 @@ class Tokenizer:
             raise ValueError(f"tokenizer file not found: {path}") from error
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"tokenizer file is corrupt: {path}: {error}") from error
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, ASCII_FORMAT):
             raise ValueError(f"{path}: not a {FORMAT} file")
-        return cls(tuple(raw["vocabulary"]), int(raw["sequence_length"]), tuple(raw["labels"]))
+        version = raw.get("unicode_version", unicode_text.UNICODE_VERSION)
+        if version != unicode_text.UNICODE_VERSION:
+            log.warning(
+                "%s was written with Unicode %s, this Python has %s: characters assigned in "
+                "between may tokenize differently",
+                path,
+                version,
+                unicode_text.UNICODE_VERSION,
+            )
+        return cls(
+            tuple(raw["vocabulary"]),
+            int(raw["sequence_length"]),
+            tuple(raw["labels"]),
+            "unicode" if raw["format"] == FORMAT else "ascii",
+        )
