@@ -108,9 +108,9 @@ def run_model(name: str, base: dict, project: Path, texts: list[str]) -> dict:
 
     from maas import config
     from maas.compress.quantize import representative_ids
-    from maas.data import read_split
     from maas.evaluate import classification_metrics
     from maas.export import load_keras_model
+    from maas.splits import read_split
     from maas.tokenizer import Tokenizer
     from maas.training import stage as train
 
@@ -161,8 +161,8 @@ def baseline_rows(project: Path, texts: list[str]) -> list[dict]:
     from sklearn.pipeline import make_pipeline
 
     from maas import config
-    from maas.data import read_split
     from maas.evaluate import classification_metrics, tfidf_baseline
+    from maas.splits import read_split
 
     paths = config.project_paths(project / "params.yaml")
     params = config.load_params(project / "params.yaml").evaluate
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             {"architecture": m.split(":")[0], "seed": int(m.split(":")[1])} for m in members
         ]
         base["train"]["architecture"] = base["train"]["ensemble"][0]["architecture"]
-    from maas.data import read_split
+    from maas.splits import read_split
 
     with tempfile.TemporaryDirectory(prefix="maas-architectures-") as tmp:
         project = make_project(Path(tmp) / "project", base)

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 import maas  # noqa: F401  (Keras 2 before TensorFlow)
-from maas import config, data, progress
+from maas import config, data, progress, splits
 from maas.compress import onnx_export, quantize, report, stage, variants
 from maas.provenance import write_json
 from maas.reporting import markdown_table
@@ -154,7 +154,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "project": {"docs_per_class": args.docs_per_class, "settings": args.set},
         "evaluation": "sequential" if args.sequential else "TFLite and ONNX on a second thread",
-        "test_posts": len(data.read_split(paths.split("test"))),
+        "test_posts": len(splits.read_split(paths.split("test"))),
         "total_seconds": round(total, 1),
         "phase_seconds": phases,
         "variants": rows,

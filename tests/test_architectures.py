@@ -24,7 +24,6 @@ from conftest import merge, small_params_dict, write_project
 from maas import config, export, runtime
 from maas.compress import stage
 from maas.config import COMPRESSION_VARIANTS
-from maas.data import read_split
 from maas.model import build_architecture
 from maas.model.ensemble import ensemble_members
 from maas.model.wide import (
@@ -34,6 +33,7 @@ from maas.model.wide import (
     term_counts,
 )
 from maas.provenance import read_json
+from maas.splits import read_split
 from maas.tokenizer import Tokenizer
 from maas.training import stage as train
 from maas.training.ensemble import EnsembleMemberError

@@ -24,10 +24,10 @@ from maas import config
 from maas.compress import stage
 from maas.compress.quantize import TFLiteModel
 from maas.config import COMPRESSION_VARIANTS, ConfigError
-from maas.data import read_split
 from maas.export import load_keras_model
 from maas.provenance import read_json, verify_files
 from maas.runtime import load_runtime
+from maas.splits import read_split
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import small_params_dict, write_project
 
-from maas import config, data
+from maas import config, data, splits
 from maas.tokenizer import Tokenizer
 
 
@@ -22,12 +22,12 @@ def prepared(tmp_path_factory, corpus_available):
 
 def test_splits_tokenizer_and_card_are_written(prepared):
     params, paths, card = prepared
-    splits = data.read_splits(paths)
+    parts = splits.read_splits(paths)
     tokenizer = Tokenizer.load(paths.tokenizer)
     assert tokenizer.labels == tuple(sorted(params.categories))
     assert tokenizer.vocabulary_size == params.vocabulary_size
     assert tokenizer.sequence_length == params.sequence_length
-    for name, split in splits.items():
+    for name, split in parts.items():
         assert card["splits"][name]["posts"] == len(split) > 0
         assert set(np.unique(split.labels)) == {0, 1, 2}
     assert (paths.metrics_dir / "data.json").is_file()
@@ -36,13 +36,16 @@ def test_splits_tokenizer_and_card_are_written(prepared):
 
 def test_subsampling_caps_every_class(prepared):
     params, paths, _ = prepared
-    test = data.read_split(paths.split("test"))
+    test = splits.read_split(paths.split("test"))
     assert np.bincount(test.labels).max() <= params.max_documents_per_class
 
 
 def test_validation_is_stratified_and_disjoint_from_training(prepared):
     params, paths, _ = prepared
-    train, val = data.read_split(paths.split("train")), data.read_split(paths.split("validation"))
+    train, val = (
+        splits.read_split(paths.split("train")),
+        splits.read_split(paths.split("validation")),
+    )
     assert not set(train.texts) & set(val.texts)
     share = np.bincount(val.labels) / (np.bincount(val.labels) + np.bincount(train.labels))
     assert np.allclose(share, params.validation_fraction, atol=0.05)
@@ -51,7 +54,7 @@ def test_validation_is_stratified_and_disjoint_from_training(prepared):
 
 def test_tokenizer_is_fitted_on_the_training_split_only(prepared):
     _, paths, _ = prepared
-    train = data.read_split(paths.split("train"))
+    train = splits.read_split(paths.split("train"))
     tokenizer = Tokenizer.load(paths.tokenizer)
     refit = Tokenizer.fit(
         train.texts,
@@ -66,7 +69,7 @@ def test_the_stage_is_deterministic(prepared, tmp_path):
     params, paths, _ = prepared
     again = config.project_paths(write_project(tmp_path) / "params.yaml")
     data.run(params, again)
-    for name in data.SPLITS:
+    for name in splits.SPLITS:
         assert again.split(name).read_bytes() == paths.split(name).read_bytes()
 
 
@@ -95,4 +98,4 @@ def test_unknown_category_is_named(tmp_path, corpus_available):
 
 def test_reading_a_split_before_the_stage_ran(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the data stage first"):
-        data.read_split(tmp_path / "train.jsonl")
+        splits.read_split(tmp_path / "train.jsonl")

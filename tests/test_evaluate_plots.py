@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from maas import config, evaluate, plots, reporting
-from maas.data import Split
+from maas.splits import Split
 
 
 def test_metrics_agree_with_their_definitions():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from maas import config, export, runtime
-from maas.data import read_split
 from maas.model import build_classifier
 from maas.provenance import atomic_dir, read_json, verify_files
+from maas.splits import read_split
 from maas.tokenizer import Tokenizer
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import small_params_dict, write_project
 from corpus_fixtures import chinese_texts, write_class_folders, write_csv
 
-from maas import config, data
+from maas import config, data, splits
 from maas.sources import DataError
 from maas.tokenizer import Tokenizer
 
@@ -38,10 +38,10 @@ def test_csv_in_chinese_is_split_stratified_and_names_its_classes(tmp_path):
     tokenizer = Tokenizer.load(paths.tokenizer)
     assert tokenizer.labels == ("体育", "科技", "财经")  # from the data, sorted
     assert card["title"] == "corpus.csv" and card["classes"] == list(tokenizer.labels)
-    splits = data.read_splits(paths)
-    assert len(splits["test"]) == pytest.approx(0.2 * len(ROWS), abs=3)
-    assert sum(len(s) for s in splits.values()) == len(ROWS)
-    assert set(np.unique(splits["test"].labels)) == {0, 1, 2}
+    parts = splits.read_splits(paths)
+    assert len(parts["test"]) == pytest.approx(0.2 * len(ROWS), abs=3)
+    assert sum(len(s) for s in parts.values()) == len(ROWS)
+    assert set(np.unique(parts["test"].labels)) == {0, 1, 2}
     assert card["scripts"]["Han"] > 0.8 and "Latin" in card["scripts"]
     assert "足球" in tokenizer.vocabulary and card["splits"]["test"]["oov_rate"] < 0.5
     assert json.loads((paths.processed_dir / "provenance.json").read_text())["raw_sha256"]
@@ -60,8 +60,8 @@ def test_split_column_and_integer_labels_decide(tmp_path):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run_stage(root, paths)
     assert Tokenizer.load(paths.tokenizer).labels == ("1", "2", "10")  # numeric order
-    splits = data.read_splits(paths)
-    assert [len(splits[name]) for name in ("train", "validation", "test")] == [54, 18, 18]
+    parts = splits.read_splits(paths)
+    assert [len(parts[name]) for name in ("train", "validation", "test")] == [54, 18, 18]
 
 
 def test_jsonl_parquet_and_class_folders_load_the_same_corpus(tmp_path):

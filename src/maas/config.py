@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import yaml
 
-from maas.sources import NEWSGROUPS
 from maas.tokenizer import TOKENIZER_FILE
 
+NEWSGROUPS = "20newsgroups"  # data.source of scikit-learn's corpus (maas.sources)
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
 RAW_DATA_DIR = "data/raw"  # a corpus file's home, versioned by `dvc add`
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")

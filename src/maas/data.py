@@ -18,14 +18,12 @@ the tokenizer file (``labels``) to every model and server.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,29 +35,14 @@ from maas.provenance import atomic_dir, build_provenance, sha256_tree, write_jso
 from maas.sources import (
     NEWSGROUPS,
     NEWSGROUPS_CACHE_FILE,
-    CorpusUnavailableError,
     DataError,
     RawCorpus,
     load_source,
 )
+from maas.splits import SPLITS, Split, save_split
 from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-__all__ = ["CorpusUnavailableError", "DataError", "SPLITS", "Split", "read_split", "run"]
-
-
-@dataclass(frozen=True)
-class Split:
-    texts: list[str]
-    labels: np.ndarray  # int64 class indices
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, indices: Sequence[int] | np.ndarray) -> Split:
-        return Split([self.texts[i] for i in indices], self.labels[np.asarray(indices, int)])
 
 
 def clean_text(text: str) -> str:
@@ -178,35 +161,6 @@ def split_corpus(corpus: RawCorpus, params: DataParams) -> tuple[dict[str, Split
         dropped += dropped_validation
     splits = {"train": train, "validation": validation, "test": test}
     return splits, {"names": names, "dropped_empty": dropped}
-
-
-def save_split(split: Split, path: Path) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for text, label in zip(split.texts, split.labels, strict=True):
-            handle.write(json.dumps({"text": text, "label": int(label)}, ensure_ascii=False))
-            handle.write("\n")
-
-
-def read_split(path: str | Path) -> Split:
-    """Read a split written by the data stage.
-
-    Raises:
-        FileNotFoundError: with a hint to run the data stage first.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the data stage first (dvc repro data)")
-    texts, labels = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            texts.append(row["text"])
-            labels.append(row["label"])
-    return Split(texts, np.asarray(labels, dtype=np.int64))
-
-
-def read_splits(paths: Paths) -> dict[str, Split]:
-    return {name: read_split(paths.split(name)) for name in SPLITS}
 
 
 def scripts_found(texts: Sequence[str], *, top: int = 8) -> dict[str, float]:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from maas.config import EvaluateParams, Paths, to_dict
-from maas.data import Split, read_split
 from maas.provenance import build_provenance, read_json, write_json
+from maas.splits import Split, read_split
 
 log = logging.getLogger(__name__)
 

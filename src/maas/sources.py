@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NEWSGROUPS = "20newsgroups"
+from maas.config import NEWSGROUPS
+
 NEWSGROUPS_CACHE_FILE = "20news-bydate_py3.pkz"
 TABLE_FORMATS = {
     ".csv": "csv",

@@ -31,7 +31,6 @@ from maas.config import (
     TargetParams,
     to_dict,
 )
-from maas.data import read_split
 from maas.evaluate import classification_metrics, predict_texts
 from maas.provenance import (
     PROVENANCE_FILE,
@@ -41,6 +40,7 @@ from maas.provenance import (
     read_json,
     write_json,
 )
+from maas.splits import read_split
 from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from maas.config import Paths, TrainParams, to_dict
-from maas.data import read_split
 from maas.export import export_classifier
 from maas.model import compile_classifier
+from maas.splits import read_split
 from maas.tokenizer import Tokenizer
 from maas.training import distributed
 from maas.training.callbacks import (
