@@ -163,6 +163,7 @@ def baseline_rows(project: Path, texts: list[str]) -> list[dict]:
     from maas import config
     from maas.evaluate import classification_metrics, tfidf_baseline
     from maas.splits import read_split
+    from maas.tokenizer import Tokenizer
 
     paths = config.project_paths(project / "params.yaml")
     params = config.load_params(project / "params.yaml").evaluate
@@ -170,8 +171,13 @@ def baseline_rows(project: Path, texts: list[str]) -> list[dict]:
     labels = sorted(set(train.labels.tolist()))
     rows = []
     start = time.perf_counter()
+    tokenizer = Tokenizer.load(paths.tokenizer)
     predicted, _ = tfidf_baseline(
-        train, test, c=params.baseline_c, max_features=params.baseline_max_features
+        train,
+        test,
+        c=params.baseline_c,
+        max_features=params.baseline_max_features,
+        analyzer=tokenizer.tokens,
     )
     svc_seconds = time.perf_counter() - start
 

@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 
 from maas import config, evaluate, plots, reporting
 from maas.splits import Split
+from maas.tokenizer import split_tokens
 
 
 def test_metrics_agree_with_their_definitions():
@@ -37,8 +38,24 @@ def test_baseline_learns_a_separable_toy_task():
     labels = rng.integers(0, 2, 60)
     texts = [" ".join(rng.permutation(words[y].split())) for y in labels]
     train, test = Split(texts[:40], labels[:40]), Split(texts[40:], labels[40:])
-    predictions, seconds = evaluate.tfidf_baseline(train, test, c=1.0, max_features=None)
+    predictions, seconds = evaluate.tfidf_baseline(
+        train, test, c=1.0, max_features=None, analyzer=split_tokens
+    )
     assert np.mean(predictions == test.labels) == 1.0 and seconds >= 0
+
+
+def test_baseline_reads_text_without_spaces_through_the_tokenizer():
+    # scikit-learn's default token pattern sees one "word" per Chinese sentence: nothing
+    # repeats between texts, so it cannot learn; characters and bigrams can.
+    words = {0: ["火箭", "轨道", "发射"], 1: ["引擎", "车轮", "刹车"]}
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    texts = ["".join(rng.permutation(words[y])) + "了" for y in labels]
+    train, test = Split(texts[:40], labels[:40]), Split(texts[40:], labels[40:])
+    predictions, _ = evaluate.tfidf_baseline(
+        train, test, c=1.0, max_features=None, analyzer=split_tokens
+    )
+    assert np.mean(predictions == test.labels) == 1.0
 
 
 def test_evaluate_stage_writes_dvc_metrics(small_project):

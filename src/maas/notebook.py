@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maas import config, progress, quiet, reporting
+from maas.provenance import read_json
 
 log = logging.getLogger("maas.stage")
 _started: dict[str, float] = {}
@@ -37,6 +38,9 @@ def setup(
     paths = config.project_paths(params_file)
     _started[stage] = time.perf_counter()
     log.info("stage %s: started", stage)
+    card = paths.reports_dir / "data" / "card.json"
+    if stage != "data" and card.is_file():  # the data stage writes the card
+        display(Markdown(f"**Corpus.** {reporting.corpus_summary(read_json(card))}"))
     section = config.to_dict(getattr(params, stage))
     display(Markdown(reporting.key_value_table(section, "parameter")))
     return params, paths

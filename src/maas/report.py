@@ -61,8 +61,7 @@ def data_section(paths: Paths) -> Section:
         {"split": name, **{k: v for k, v in split.items() if k != "class_counts"}}
         for name, split in card["splits"].items()
     ]
-    text = f"{len(card['classes'])} classes: {', '.join(card['classes'])}."
-    return Section("data", "Data", text, [("Posts and lengths per split", rows)])
+    return Section("data", "Data", reporting.corpus_summary(card), [("Texts per split", rows)])
 
 
 def train_section(paths: Paths) -> Section:
@@ -200,13 +199,13 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 img{max-width:100%;display:block;margin:1em 0}.missing{color:#a33}"""
 
 
-def render_html(sections: Sequence[Section]) -> str:
-    """The page, figures embedded as base64 PNG."""
+def render_html(sections: Sequence[Section], subject: str = "") -> str:
+    """The page, figures embedded as base64 PNG; ``subject``: the corpus, for the title."""
     built = [s.title for s in sections if not s.missing]
     missing = [s.title for s in sections if s.missing]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>maas: results</title>",
-        f"<style>{STYLE}</style></head><body><h1>maas: results of the pipeline</h1>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(_heading(subject))}</h1>",
         f"<p>Built from: {html.escape(', '.join(built) or 'nothing yet')}. "
         f"Missing: {html.escape(', '.join(missing) or 'nothing')}.</p>",
     ]
@@ -226,9 +225,13 @@ def render_html(sections: Sequence[Section]) -> str:
     return "\n".join(parts)
 
 
-def render_markdown(sections: Sequence[Section], reports: Path) -> str:
+def _heading(subject: str) -> str:
+    return f"maas: results of the pipeline on {subject}" if subject else "maas: results"
+
+
+def render_markdown(sections: Sequence[Section], reports: Path, subject: str = "") -> str:
     """The same page in Markdown, figures linked relative to ``reports/``."""
-    lines = ["# maas: results of the pipeline", ""]
+    lines = [f"# {_heading(subject)}", ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
         if section.missing:
@@ -249,9 +252,10 @@ def build(root: str | Path = ".") -> Path:
     reports = Paths(root).reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     sections = collect(root)
+    subject = (_json(reports / "data" / "card.json") or {}).get("title", "")
     page = reports / HTML_FILE
-    page.write_text(render_html(sections))
-    (reports / MARKDOWN_FILE).write_text(render_markdown(sections, reports))
+    page.write_text(render_html(sections, subject))
+    (reports / MARKDOWN_FILE).write_text(render_markdown(sections, reports, subject))
     missing = [s.stage for s in sections if s.missing]
     log.info("report: %s written; missing: %s", page, ", ".join(missing) or "nothing")
     return page

@@ -46,3 +46,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield from flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def corpus_summary(card: Mapping[str, Any]) -> str:
+    """One sentence on a data card: the corpus, its classes, scripts and shared texts."""
+    classes = card["classes"]
+    shown = ", ".join(classes[:12]) + (
+        f", ... ({len(classes) - 12} more)" if len(classes) > 12 else ""
+    )
+    text = f"{card.get('title') or 'The corpus'}: {len(classes)} classes ({shown})."
+    scripts = card.get("scripts") or {}
+    if scripts:
+        text += " Letters: " + ", ".join(f"{k} {v:.0%}" for k, v in scripts.items()) + "."
+    shared = (card.get("duplicates") or {}).get("test_in_train")
+    if shared:
+        text += f" {shared} test texts also appear in training (leakage)."
+    return text
