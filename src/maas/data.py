@@ -24,6 +24,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,9 @@ def split_corpus(corpus: RawCorpus, params: DataParams) -> tuple[dict[str, Split
     return splits, {"names": names, "dropped_empty": dropped}
 
 
-def scripts_found(texts: Sequence[str], *, top: int = 8) -> dict[str, float]:
-    """The share of letters in each script (the most frequent ``top``, then ``Other``)."""
+def scripts_found(texts: Sequence[str], *, least: float = 0.001) -> dict[str, float]:
+    """The share of letters in each script, largest first; scripts under ``least`` of the
+    letters are counted together as ``Other``."""
     chars: Counter[str] = Counter()
     for text in texts:
         chars.update(text)
@@ -174,11 +176,12 @@ def scripts_found(texts: Sequence[str], *, top: int = 8) -> dict[str, float]:
         if script:
             scripts[script] += count
     total = sum(scripts.values()) or 1
-    shares = {name: round(count / total, 4) for name, count in scripts.most_common(top)}
-    rest = 1.0 - sum(shares.values())
-    if len(scripts) > top and rest > 0:
-        shares["Other"] = round(rest, 4)
-    return shares
+    shares = {name: count / total for name, count in scripts.most_common()}
+    found = {name: round(share, 4) for name, share in shares.items() if share >= least}
+    rest = sum(share for name, share in shares.items() if name not in found)
+    if rest:
+        found["Other"] = round(found.get("Other", 0.0) + rest, 4)
+    return found
 
 
 def duplicates(splits: dict[str, Split]) -> dict[str, int]:
@@ -248,20 +251,34 @@ def raw_path(params: DataParams, paths: Paths, data_home: str | os.PathLike | No
     return paths.root / params.source
 
 
-def run(params: DataParams, paths: Paths, *, data_home: str | os.PathLike | None = None) -> dict:
-    """Run the data stage: load, check, split, fit the tokenizer, write outputs.
+@dataclass(frozen=True)
+class Prepared:
+    """A corpus loaded, checked and split, with its tokenizer and data card; nothing written."""
 
-    Writes ``data/processed/{train,validation,test}.jsonl``, ``tokenizer.json`` and
-    ``provenance.json`` in one atomic step, the data card to ``reports/data/card.json`` and
-    its headline figures to ``reports/metrics/data.json``; returns the data card. Nothing is
-    written when the data fails a check.
+    splits: dict[str, Split]
+    tokenizer: Tokenizer
+    card: dict
+
+
+def prepare(
+    params: DataParams,
+    paths: Paths,
+    *,
+    source: str | os.PathLike | None = None,
+    data_home: str | os.PathLike | None = None,
+) -> Prepared:
+    """Load, check and split a corpus and fit its tokenizer, in memory.
+
+    Args:
+        source: another corpus than ``params.source`` (a path relative to the project or an
+            absolute one), to look at a file before it joins the pipeline.
 
     Raises:
         DataError: the source is missing or its data is unusable (file, row and column named).
         CorpusUnavailableError: 20 Newsgroups is neither cached nor downloadable.
     """
     corpus = load_source(
-        params.source,
+        str(source or params.source),
         root=paths.root,
         text_column=params.text_column,
         label_column=params.label_column,
@@ -271,13 +288,6 @@ def run(params: DataParams, paths: Paths, *, data_home: str | os.PathLike | None
         remove=params.remove,
         data_home=data_home,
     )
-    raw_file = paths.root / params.source
-    if params.source != NEWSGROUPS and not Path(f"{raw_file}.dvc").is_file():
-        log.warning(
-            "%s is not tracked by DVC: `dvc add %s` so that `dvc checkout` restores it",
-            params.source,
-            params.source,
-        )
     splits, split_info = split_corpus(corpus, params)
     del corpus.texts[:]  # the splits hold the cleaned texts now
     tokenizer = Tokenizer.fit(
@@ -295,6 +305,31 @@ def run(params: DataParams, paths: Paths, *, data_home: str | os.PathLike | None
             leaked,
             100 * leaked / len(splits["test"]),
         )
+    return Prepared(splits, tokenizer, card)
+
+
+def run(params: DataParams, paths: Paths, *, data_home: str | os.PathLike | None = None) -> dict:
+    """Run the data stage: load, check, split, fit the tokenizer, write outputs.
+
+    Writes ``data/processed/{train,validation,test}.jsonl``, ``tokenizer.json`` and
+    ``provenance.json`` in one atomic step, the data card to ``reports/data/card.json`` and
+    its headline figures to ``reports/metrics/data.json``; returns the data card. Nothing is
+    written when the data fails a check.
+
+    Raises:
+        DataError: the source is missing or its data is unusable (file, row and column named).
+        CorpusUnavailableError: 20 Newsgroups is neither cached nor downloadable.
+    """
+    raw_file = paths.root / params.source
+    if params.source != NEWSGROUPS and not Path(f"{raw_file}.dvc").is_file():
+        log.warning(
+            "%s is not tracked by DVC: `dvc add %s` so that `dvc checkout` restores it",
+            params.source,
+            params.source,
+        )
+    prepared = prepare(params, paths, data_home=data_home)
+    splits, tokenizer, card = prepared.splits, prepared.tokenizer, prepared.card
+    leaked = card["duplicates"]["test_in_train"]
     raw = raw_path(params, paths, data_home)
     with atomic_dir(paths.processed_dir) as out:
         for name, split in splits.items():

@@ -9,7 +9,10 @@ PNG bytes* in the notebook: what a reader sees is what the pipeline wrote.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import matplotlib.figure
 import numpy as np
 
 DPI = 110
+log = logging.getLogger(__name__)
 
 
 class Figure(matplotlib.figure.Figure):
@@ -48,14 +52,54 @@ def show(figure: matplotlib.figure.Figure, path: str | Path) -> None:
 
 
 def png_bytes(figure: matplotlib.figure.Figure) -> bytes:
-    """The figure as PNG (the bytes :func:`save` writes)."""
+    """The figure as PNG (the bytes :func:`save` writes).
+
+    Class names may be in any script: fonts installed for Han, kana, Hangul or Thai are
+    fallbacks after DejaVu Sans, and a glyph no installed font has is logged once (with the
+    fix) instead of warned once per character.
+    """
+    _use_fallback_fonts()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    if missing and not _warned_missing_glyphs:
+        _warned_missing_glyphs.append(True)
+        log.warning(
+            "figures: %d characters have no glyph in the installed fonts (shown as boxes); "
+            "install a font for their script, e.g. Debian's fonts-noto-cjk",
+            len(missing),
+        )
+    for warning in caught:
+        if warning not in missing:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     return buffer.getvalue()
 
 
+# Families tried, in order, for glyphs DejaVu Sans lacks (whichever are installed).
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans",
+    "WenQuanYi Zen Hei", "Droid Sans Fallback", "IPAGothic", "Noto Sans Thai",
+)  # fmt: skip
+_warned_missing_glyphs: list[bool] = []
+
+
+@functools.cache
+def _use_fallback_fonts() -> None:
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    found = [name for name in FALLBACK_FONTS if name in installed]
+    if found:
+        matplotlib.rcParams["font.family"] = ["DejaVu Sans", *found]
+
+
 def data_card(card: Mapping) -> Figure:
-    """Posts per class and split, and the distribution of post lengths."""
+    """Texts per class and split, and the distribution of text lengths."""
     labels = card["classes"]
     splits = card["splits"]
     figure = Figure(figsize=(13, 4.8), layout="constrained")
@@ -66,8 +110,8 @@ def data_card(card: Mapping) -> Figure:
         counts_ax.barh(y + i * width, split["class_counts"], height=width, label=name)
     counts_ax.set_yticks(y + width * (len(splits) - 1) / 2, labels, fontsize=8)
     counts_ax.invert_yaxis()
-    counts_ax.set_xlabel("posts")
-    counts_ax.set_title("Posts per class")
+    counts_ax.set_xlabel("texts")
+    counts_ax.set_title("Texts per class")
     counts_ax.legend()
     stats = ["tokens_median", "tokens_mean", "tokens_p95"]
     for i, (name, split) in enumerate(splits.items()):
@@ -75,8 +119,8 @@ def data_card(card: Mapping) -> Figure:
             np.arange(len(stats)) + i * width, [split[s] for s in stats], width, label=name
         )
     lengths_ax.set_xticks(np.arange(len(stats)) + width, ["median", "mean", "95th pct"])
-    lengths_ax.set_ylabel("tokens per post")
-    lengths_ax.set_title("Post length")
+    lengths_ax.set_ylabel("tokens per text")
+    lengths_ax.set_title("Text length")
     lengths_ax.legend()
     return figure
 

@@ -86,22 +86,31 @@ def class_runs() -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(starts), tuple(kinds)
 
 
-def _char_class(kind: int) -> str:
-    """A regular-expression character class of every code point of one kind."""
+def _char_class(kind: int, *, below: int = MAX_CODE_POINT + 1) -> str:
+    """A regular-expression character class of every code point of one kind under ``below``."""
     starts, kinds = class_runs()
     ends = [*starts[1:], MAX_CODE_POINT + 1]
     parts = [
-        f"{re.escape(chr(start))}-{re.escape(chr(end - 1))}"
+        f"{re.escape(chr(start))}-{re.escape(chr(min(end, below) - 1))}"
         for start, end, run_kind in zip(starts, ends, kinds, strict=True)
-        if run_kind == kind
+        if run_kind == kind and start < below
     ]
     return "[" + "".join(parts) + "]"
 
 
+# Python's re tests a class that reaches past the Basic Multilingual Plane range by range,
+# about 20 times slower than a BMP-only class (a bitmap); texts without such characters,
+# nearly all, take the BMP pattern, which matches them exactly as the full one would.
+_BEYOND_BMP = re.compile("[\U00010000-\U0010FFFF]")
+
+
 @functools.cache
-def token_pattern() -> re.Pattern[str]:
-    """Runs of word characters (group ``word``) or of no-space characters (``chars``)."""
-    return re.compile(f"(?P<word>{_char_class(WORD)}+)|(?P<chars>{_char_class(NO_SPACE)}+)")
+def token_pattern(*, beyond_bmp: bool = True) -> re.Pattern[str]:
+    """Runs of word characters (group ``word``) or of no-space characters (``chars``);
+    ``beyond_bmp=False``: for texts whose code points are all under U+10000."""
+    below = MAX_CODE_POINT + 1 if beyond_bmp else 0x10000
+    word, chars = _char_class(WORD, below=below), _char_class(NO_SPACE, below=below)
+    return re.compile(f"(?P<word>{word}+)|(?P<chars>{chars}+)")
 
 
 def fold(text: str) -> str:
@@ -118,7 +127,9 @@ def folded_tokens(text: str) -> list[str]:
     """The tokens of ``text`` in folded form: words, and no-space runs as characters each
     followed by the bigram it starts (``c1, c1c2, c2, c2c3, c3``)."""
     tokens: list[str] = []
-    for match in token_pattern().finditer(fold(text)):
+    folded = fold(text)
+    pattern = token_pattern(beyond_bmp=bool(_BEYOND_BMP.search(folded)))
+    for match in pattern.finditer(folded):
         run = match.group()
         if match.lastgroup == "word":
             tokens.append(run)
@@ -133,13 +144,17 @@ def folded_tokens(text: str) -> list[str]:
 @functools.cache
 def script_of(char: str) -> str | None:
     """The script of a letter, from its Unicode name (``CYRILLIC SMALL LETTER A`` ->
-    ``Cyrillic``); ``None`` for anything but a letter. Python's :mod:`unicodedata` has no
-    script property; the name's first word is that script for every letter but a few
-    (``CJK`` -> ``Han``)."""
+    ``Cyrillic``, ``CJK UNIFIED IDEOGRAPH-4E2D`` -> ``Han``); ``None`` for anything but a
+    letter. Python's :mod:`unicodedata` has no script property, but a letter's name starts
+    with its script wherever it names a letter, syllable, ideograph or character; other
+    letters (``MICRO SIGN``) are ``Other``."""
     if not unicodedata.category(char).startswith("L"):
         return None
     name = unicodedata.name(char, "")
-    if not name:
-        return "Unknown"
-    first = name.split()[0]
+    if not _SCRIPT_NAMED.search(name):
+        return "Other"
+    first = name.split()[0].split("-")[0]
     return {"CJK": "Han"}.get(first, first.capitalize())
+
+
+_SCRIPT_NAMED = re.compile(r"\b(LETTER|SYLLABLE|IDEOGRAPH|CHARACTER)\b")
