@@ -26,6 +26,13 @@ def real_lengths(token_ids: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.where(ids > 0, places, tf.zeros_like(ids)), axis=1)
 
 
+def pad_to(token_ids: tf.Tensor, width: int) -> tf.Tensor:
+    """A batch of ids zero-padded at the end to ``width`` columns (no-op when as wide)."""
+    missing = width - tf.shape(token_ids)[1]
+    padded = tf.pad(token_ids, [[0, 0], [0, tf.maximum(missing, 0)]])
+    return tf.ensure_shape(padded, [None, width])
+
+
 def shuffled_batches(
     ids: np.ndarray, targets, *, batch_size: int, seed: int, repeat: bool = False
 ) -> tf.data.Dataset:

@@ -101,7 +101,7 @@ def _char_class(kind: int, *, below: int = MAX_CODE_POINT + 1) -> str:
 # Python's re tests a class that reaches past the Basic Multilingual Plane range by range,
 # about 20 times slower than a BMP-only class (a bitmap); texts without such characters,
 # nearly all, take the BMP pattern, which matches them exactly as the full one would.
-_BEYOND_BMP = re.compile("[\U00010000-\U0010FFFF]")
+_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
 
 
 @functools.cache

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from maas.batches import shuffled_batches
+from maas.batches import pad_to, shuffled_batches
 from maas.config import TrainParams
 from maas.model import build_architecture, compile_classifier
 from maas.tokenizer import Tokenizer
@@ -63,7 +63,13 @@ class Inputs:
 
 
 def make_dataset(
-    ids: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+    ids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    width: int | None = None,
 ) -> tf.data.Dataset:
     """A batched ``tf.data`` pipeline of ``(token_ids, label)`` pairs.
 
@@ -81,7 +87,13 @@ def make_dataset(
 
 
 def per_worker_dataset(
-    ids: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+    ids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    width: int | None = None,
 ) -> keras.utils.experimental.DatasetCreator:
     """Input for ParameterServerStrategy: each worker reads its own shard, repeated forever."""
 
@@ -96,9 +108,16 @@ def per_worker_dataset(
         else:  # batches of one pass, repeated: none holds an example twice
             dataset = tf.data.Dataset.from_tensor_slices((ids[shard], labels[shard]))
             dataset = dataset.batch(batch).repeat()
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return padded(dataset, width).prefetch(tf.data.AUTOTUNE)
 
     return keras.utils.experimental.DatasetCreator(dataset_fn)
+
+
+def padded(dataset: tf.data.Dataset, width: int | None) -> tf.data.Dataset:
+    """Batches of ``(ids, targets)`` with ids zero-padded to ``width`` columns (if given)."""
+    if width is None:
+        return dataset
+    return dataset.map(lambda ids, targets: (pad_to(ids, width), targets))
 
 
 def make_inputs(
@@ -108,20 +127,21 @@ def make_inputs(
     *,
     batch_size: int,
     seed: int,
+    width: int | None = None,
 ) -> Inputs:
-    """Training and validation input in the form ``strategy`` needs."""
+    """Training and validation input in the form ``strategy`` needs, ``width`` ids wide."""
     if not distributed.is_parameter_server(strategy):
         return Inputs(
-            make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
-            make_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
+            make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed, width=width),
+            make_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0, width=width),
         )
     # Asynchronous training has no end of data: an epoch is as many steps as one pass takes.
     # Validation is an estimate: as many batches as the workers' shards hold, each run by
     # whichever worker is free (exact evaluation would need file-based datasets).
     workers = getattr(strategy, "_num_workers", 1)
     return Inputs(
-        per_worker_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
-        per_worker_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0),
+        per_worker_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed, width=width),
+        per_worker_dataset(*validation, batch_size=batch_size, shuffle=False, seed=0, width=width),
         steps_per_epoch=math.ceil(len(train[0]) / batch_size),
         validation_steps=workers * math.ceil(len(validation[0]) / (workers * batch_size)),
     )
@@ -192,7 +212,12 @@ def fit(
         first_step_marker, batch_hooks=not distributed.is_parameter_server(strategy)
     )
     inputs = make_inputs(
-        strategy, train, validation, batch_size=params.batch_size, seed=params.seed
+        strategy,
+        train,
+        validation,
+        batch_size=params.batch_size,
+        seed=params.seed,
+        width=tokenizer.sequence_length,
     )
     backups = backup.callbacks() if backup is not None else []
     start = time.perf_counter()
