@@ -58,3 +58,25 @@ def test_the_wide_model_gives_a_post_the_same_output_alone_or_beside_a_long_one(
     shorter = ids[:1].copy()
     shorter[0, 2] = 0
     assert not np.allclose(model.predict(shorter, verbose=0), together[:1])
+
+
+def test_trimmed_ids_give_the_same_batches_once_padded_back():
+    from maas.tokenizer import Tokenizer
+    from maas.training.fit import make_dataset
+
+    rng = np.random.default_rng(2)
+    words = [f"w{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(50)]
+    tokenizer = Tokenizer.fit(texts, vocabulary_size=40, sequence_length=32, labels=("a", "b"))
+    full, trimmed = tokenizer.encode(texts), tokenizer.encode(texts, trim=True)
+    assert trimmed.shape == (50, 11) and np.array_equal(full[:, :11], trimmed)
+    labels = rng.integers(0, 2, 50)
+    for shuffle in (True, False):
+        one, two = (
+            make_dataset(ids, labels, batch_size=8, shuffle=shuffle, seed=3, width=32)
+            for ids in (full, trimmed)
+        )
+        for (x1, y1), (x2, y2) in zip(one, two, strict=True):
+            assert x2.shape[1] == 32
+            np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+            np.testing.assert_array_equal(y1.numpy(), y2.numpy())

@@ -75,12 +75,14 @@ def make_dataset(
 
     Under MultiWorkerMirroredStrategy every worker builds the same pipeline (same seed, same
     order) and keeps its part of each global batch (``DATA`` sharding), so a step of N
-    workers sees exactly the batch one worker would.
+    workers sees exactly the batch one worker would. ``width``: the model's input width, when
+    ``ids`` were trimmed narrower (:meth:`maas.tokenizer.Tokenizer.encode`).
     """
     if shuffle:
         dataset = shuffled_batches(ids, labels, batch_size=batch_size, seed=seed)
     else:
         dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size)
+    dataset = padded(dataset, width)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
