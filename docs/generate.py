@@ -177,8 +177,8 @@ def default_text(value) -> str:
 
 
 def yaml_flow(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(
-        "\n..."
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
     )
 
 
@@ -282,9 +282,7 @@ def http_reference(openapi: dict) -> str:
             summary = operation.get("summary", "")
             description = operation.get("description", "").split("\n\n")[0]
             text = f"{summary}: {description}" if description else summary
-            lines.append(
-                f"| `{method.upper()}` | `{path}` | {escape_cell(text)} | {body_text} |"
-            )
+            lines.append(f"| `{method.upper()}` | `{path}` | {escape_cell(text)} | {body_text} |")
     lines += ["", "## Schemas", ""]
     for name, schema in openapi.get("components", {}).get("schemas", {}).items():
         lines += [f"### {name}", ""]
@@ -349,7 +347,7 @@ def grpc_reference() -> str:
             lines.append("")
         text = proto.read_text()
         lines += [
-            "??? note \"The whole file, with its comments\"",
+            '??? note "The whole file, with its comments"',
             "",
             "    ```protobuf",
             *[f"    {line}".rstrip() for line in text.splitlines()],
