@@ -25,6 +25,8 @@ import inspect
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import types
 import typing
@@ -35,7 +37,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "reports" / "benchmarks"
 PROTOS = ROOT / "src" / "maas" / "serving" / "grpc"
-HELP_COLUMNS = "96"
+HELP_COLUMNS = "88"  # the width of a code block on the site
+# Commands run as modules (their parsers are built inside main()): module -> what runs it.
+MODULE_COMMANDS = {"maas.report": "`make report`, and the pipeline's last stage, `report`."}
 # A relative Markdown image or link target: ![alt](target) or [text](target).
 LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
 
@@ -81,6 +85,12 @@ def cli_reference() -> str:
         for command, parser in walk_parsers("maas", cli.build_parser()):
             depth = min(command.count(" ") + 2, 4)
             sections.append(f"{'#' * depth} `{command}`\n\n```text\n{parser.format_help()}```\n")
+        for module, purpose in MODULE_COMMANDS.items():
+            help_text = subprocess.run(
+                [sys.executable, "-m", module, "--help"],
+                capture_output=True, text=True, check=True, timeout=60,
+            ).stdout  # fmt: skip
+            sections.append(f"## `python -m {module}`\n\n{purpose}\n\n```text\n{help_text}```\n")
         return "\n".join(sections)
     finally:
         if saved is None:
