@@ -74,7 +74,7 @@ clean-venv:  ## remove .venv
 
 # The documentation site (mkdocs.yml): reference pages are generated from the code at build time.
 docs: $(STAMP)  ## build the documentation site into site/ (strict: broken links fail)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: $(STAMP)  ## serve the documentation site on http://127.0.0.1:8000, rebuilt on change
-	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
