@@ -44,6 +44,12 @@ MODULE_COMMANDS = {"maas.report": "`make report`, and the pipeline's last stage,
 LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
 
 
+def on_startup(command, dirty):
+    """Describe this checkout's code, whichever ``maas`` the environment has installed."""
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
+
+
 def on_files(files, config):
     """Add every generated page (and the figures they show) to the build."""
     from mkdocs.structure.files import File
@@ -86,8 +92,9 @@ def cli_reference() -> str:
             depth = min(command.count(" ") + 2, 4)
             sections.append(f"{'#' * depth} `{command}`\n\n```text\n{parser.format_help()}```\n")
         for module, purpose in MODULE_COMMANDS.items():
+            path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
             help_text = subprocess.run(
-                [sys.executable, "-m", module, "--help"],
+                [sys.executable, "-m", module, "--help"], env={**os.environ, "PYTHONPATH": path},
                 capture_output=True, text=True, check=True, timeout=60,
             ).stdout  # fmt: skip
             sections.append(f"## `python -m {module}`\n\n{purpose}\n\n```text\n{help_text}```\n")
@@ -144,7 +151,7 @@ def section_tables(prefix: str, cls: type, defaults: dict | None, yaml_comments:
     for field in dataclasses.fields(cls):
         key = f"{prefix}.{field.name}"
         kind = resolved_type(cls, field.name)
-        default = (defaults or {}).get(field.name)
+        default = field_default(field, defaults or {})
         if dataclasses.is_dataclass(kind):
             nested.append((key, kind, default))
             continue
@@ -158,6 +165,17 @@ def section_tables(prefix: str, cls: type, defaults: dict | None, yaml_comments:
     for key, kind, default in nested:
         lines += section_tables(key, kind, default, yaml_comments)
     return lines
+
+
+def field_default(field: dataclasses.Field, defaults: dict):
+    """The value in ``params.yaml``, else the dataclass's own default (a key the file omits)."""
+    if field.name in defaults:
+        return defaults[field.name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def resolved_type(cls: type, name: str):
@@ -183,6 +201,8 @@ def type_text(kind) -> str:
 def default_text(value) -> str:
     if value is None:
         return "null"
+    if isinstance(value, tuple):
+        value = list(value)
     return json.dumps(value) if isinstance(value, str | bool) else yaml_flow(value)
 
 
