@@ -19,6 +19,7 @@ without TensorFlow: a build takes seconds.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
 import inspect
@@ -364,14 +365,16 @@ def grpc_reference() -> str:
         descriptor = module.DESCRIPTOR
         lines += [f"## `{proto.name}` (package `{descriptor.package}`)", ""]
         for service in descriptor.services_by_name.values():
+            served = implemented_methods(service.name)
             lines += [
                 f"### `{service.full_name}`",
                 "",
-                "| method | request | response |",
-                "| --- | --- | --- |",
+                "| method | request | response | served |",
+                "| --- | --- | --- | --- |",
             ]
             lines += [
-                f"| `{m.name}` | `{m.input_type.name}` | `{m.output_type.name}` |"
+                f"| `{m.name}` | `{m.input_type.name}` | `{m.output_type.name}` | "
+                f"{'yes' if m.name in served else 'no: `UNIMPLEMENTED`'} |"
                 for m in service.methods
             ]
             lines.append("")
@@ -385,6 +388,25 @@ def grpc_reference() -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def implemented_methods(service: str) -> set[str]:
+    """The methods that a servicer class in ``maas/serving/grpc/*.py`` defines for ``service``.
+
+    Read from the source, not imported: the servicer modules import TensorFlow's protos.
+    """
+    methods: set[str] = set()
+    for module in PROTOS.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(base).rsplit(".", 1)[-1] == f"{service}Servicer" for base in node.bases
+            ):
+                methods |= {
+                    item.name
+                    for item in node.body
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                }
+    return methods
 
 
 # --- reports ---------------------------------------------------------------------------------
