@@ -15,7 +15,7 @@ ifdef V
 export MAAS_VERBOSE := $(V)
 endif
 
-.PHONY: help venv pipeline test lab report lint bench bench-serving bench-grpc protos lock clean-venv
+.PHONY: help venv pipeline test lab report lint bench bench-serving bench-grpc protos lock clean-venv docs docs-serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -71,3 +71,10 @@ lock: $(STAMP)  ## re-pin requirements.lock from the current .venv
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)
+
+# The documentation site (mkdocs.yml): reference pages are generated from the code at build time.
+docs: $(STAMP)  ## build the documentation site into site/ (strict: broken links fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)  ## serve the documentation site on http://127.0.0.1:8000, rebuilt on change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000

@@ -73,7 +73,10 @@ def write_project(target: Path, params: dict | None = None) -> Path:
 def corpus_available() -> None:
     home = Path(os.environ.get("SCIKIT_LEARN_DATA", Path.home() / "scikit_learn_data"))
     if not (home / "20news-bydate_py3.pkz").is_file():
-        pytest.skip("20 Newsgroups cache not found: set SCIKIT_LEARN_DATA (see README)")
+        pytest.skip(
+            "20 Newsgroups cache not found: set SCIKIT_LEARN_DATA "
+            "(see docs/tutorials/first-run.md)"
+        )
 
 
 @pytest.fixture(scope="session")

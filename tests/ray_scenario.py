@@ -257,8 +257,9 @@ def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
     """``maas models register/promote/rollback`` on a git + DVC project, served on Ray.
 
     Two registered versions (two different TFLite models), each promoted to ``prod``
-    of the served model ``news``, then ``rollback``: the commands the README gives, run as
-    processes, with ``--server`` (HTTPS, the API key from the environment) under load.
+    of the served model ``news``, then ``rollback``: the commands docs/tutorials/versions.md
+    gives, run as processes, with ``--server`` (HTTPS, the API key from the environment) under
+    load.
     """
     project = work / "project"
     project.mkdir()

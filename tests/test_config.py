@@ -145,19 +145,3 @@ def test_to_dict_round_trips_through_the_loader(raw, tmp_path):
     params = config.load_params(write(tmp_path, raw))
     again = {name: config.to_dict(getattr(params, name)) for name in raw}
     assert config.load_params(write(tmp_path, again)) == params
-
-
-def test_readme_states_the_compression_targets_of_params_yaml():
-    """The targets have one home, params.yaml; the README's table must say the same."""
-    targets = config.load_params(ROOT / "params.yaml").compress.targets
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected = [
-        f"≥ {targets.quantized_size_ratio:g}× smaller than float32, "
-        f"≤ {targets.quantized_accuracy_loss_points:g} point",
-        f"≥ {targets.pruned_gzip_ratio:g}× smaller gzipped, "
-        f"≤ {targets.pruned_accuracy_loss_points:g} points lost",
-        f"≥ {targets.distilled_parameter_ratio:g}× fewer parameters",
-        f"≥ {targets.distilled_accuracy_share * 100:g} % of the teacher's accuracy",
-        f"≥ {targets.fastest_speedup:g}× faster than the teacher",
-    ]
-    assert [text for text in expected if text not in readme] == []

@@ -1,6 +1,6 @@
 """End to end: a DVC sweep over architectures, queued and run in a temporary copy of the repo.
 
-As the README shows: two experiments queued with ``dvc exp run --queue -S
+As docs/how-to/experiments.md shows: two experiments queued with ``dvc exp run --queue -S
 train.architecture=...`` (up to the evaluate stage, small parameters), run with
 ``dvc exp run --run-all``, and read back with ``dvc exp show --json``: each with its own
 architecture and its own evaluation.
@@ -41,7 +41,7 @@ def test_a_queued_sweep_runs_both_architectures_and_reads_back(tmp_path, corpus_
         data = shown[name]
         params = data["params"]["params.yaml"]["data"]
         assert params["train"]["architecture"] == architecture
-        assert params["train"]["ensemble"] == []  # the README's sweep: one model each
+        assert params["train"]["ensemble"] == []  # the documented sweep: one model each
         metrics = data["metrics"]["reports/metrics/evaluate.json"]["data"]
         assert 0.0 <= metrics["model"]["accuracy"] <= 1.0
         trained = data["metrics"]["reports/train/metrics.json"]["data"]  # DVCLive's summary

@@ -3,7 +3,8 @@
 The test starts JupyterLab from this environment on a free loopback port with a token (as
 ``make lab`` does), opens ``01-data.ipynb`` of a small project, runs all cells from the Run
 menu on the kernel "Python (maas)", saves, and checks in the page and in the saved file that
-no cell errored and that every figure rendered as an image. A screenshot of the figure is kept
+no cell errored, that every figure rendered as an image and that the progress lines are plain
+output, not the red box of stderr. A screenshot of the figure is kept
 in ``reports/jupyterlab/``. Without Chromium and its driver (Debian: ``apt-get install chromium
 chromium-driver``; ``.ci/run`` installs them) the test skips and says so.
 """
@@ -94,6 +95,7 @@ def chromium():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1400,1000"):  # fmt: skip
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # driver.get_log("browser")
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
 
 
@@ -179,6 +181,10 @@ def test_jupyterlab_runs_a_notebook_and_renders_every_figure(lab):
     code = [c for c in saved.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "a cell did not run"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    # A healthy run's progress is plain output: JupyterLab shows stderr in a red box.
+    streams = [o for c in code for o in c.outputs if o.output_type == "stream"]
+    assert any(o.name == "stdout" and "stage data: done" in o.text for o in streams)
+    assert not [o.text for o in streams if o.name == "stderr"]
     figure_cells = [c for c in code if FIGURE_CALL in c.source]
     assert figure_cells and all(
         any("image/png" in o.get("data", {}) for o in c.outputs) for c in figure_cells

@@ -31,7 +31,7 @@ NEWSGROUPS = "20newsgroups"  # data.source of scikit-learn's corpus (maas.source
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
 RAW_DATA_DIR = "data/raw"  # a corpus file's home, versioned by `dvc add`
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
-# Compression variants (README "Compression"), each a folder models/compressed/<name>.
+# Compression variants (docs/how-to/compression.md), each a folder models/compressed/<name>.
 # Teacher TFLite forms: float32 reference, dynamic-range int8, float16, full-integer int8,
 # quantization-aware int8; the pruned model (Keras) and its TFLite float32 and int8 forms; the
 # distilled student (Keras) and its TFLite forms; the same student trained from scratch (the

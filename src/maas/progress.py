@@ -1,16 +1,18 @@
 """Progress lines on the console: what a stage is doing, and for how long it has.
 
-The stages run inside notebook kernels under papermill, whose ``--stderr-file /dev/stderr``
-(in ``dvc.yaml``) copies the kernel's stderr to the console of ``dvc repro`` as it comes. So
-the package only logs; :func:`configure` sends ``maas``'s INFO lines (and every library's
-warnings) to stderr, one short line each, and ``MAAS_VERBOSE=1`` shows every library's INFO
-lines and maas's DEBUG lines as well.
+The stages run inside notebook kernels under papermill, whose ``--stdout-file -`` and
+``--stderr-file -`` (in ``dvc.yaml``) copy the kernel's output to the console of ``dvc repro``
+as it comes. So the package only logs, one short line each: :func:`configure` sends progress
+(``maas``'s INFO lines, and DEBUG when verbose) to standard output, where a notebook shows it
+as plain output, and warnings and errors (every library's) to standard error, where a notebook
+shows them in red. ``MAAS_VERBOSE=1`` shows every library's INFO lines as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,12 +25,21 @@ log = logging.getLogger("maas.progress")
 
 
 def configure() -> None:
-    """Log to stderr: maas at INFO (DEBUG when verbose), other libraries at WARNING (INFO)."""
+    """Log maas at INFO (DEBUG when verbose), other libraries at WARNING (INFO when verbose).
+
+    Records below WARNING go to stdout, the rest to stderr: a healthy run's progress must not
+    look like a failure in JupyterLab, which shows every stderr line in a red box.
+    """
     verbose = quiet.verbose()
+    progress_lines = logging.StreamHandler(sys.stdout)
+    progress_lines.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format=FORMAT,
         datefmt=DATE_FORMAT,
+        handlers=[progress_lines, problems],
         force=True,
     )
     logging.getLogger("maas").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -11,7 +11,8 @@ them all as soon as one fails. The chief alone writes models/classifier.
   maas train --strategy mirrored --replicas 2
 
 With --task this process is one task of a job whose cluster TF_CONFIG describes, as on a
-cluster (every host runs the same command with its own TF_CONFIG; see the README).
+cluster (every host runs the same command with its own TF_CONFIG; see
+docs/how-to/distributed-training.md).
 An interrupted run resumes from its last finished epoch when started again.
 """
 

@@ -202,7 +202,8 @@ def check_local_capacity(strategy: str, *, workers: int, parameter_servers: int)
             + f" needs {tasks} processes; this machine can host at most {capacity} "
             f"({os.cpu_count()} CPU cores x {TASKS_PER_CORE}, about "
             f"{TASK_MEMORY_BYTES >> 30} GiB free memory per task). Use fewer workers, or run "
-            "the tasks on a cluster with `maas train --task` (see README, Distributed training)"
+            "the tasks on a cluster with `maas train --task` "
+            "(see docs/how-to/distributed-training.md)"
         )
 
 

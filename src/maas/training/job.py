@@ -14,7 +14,8 @@ its own place in it from ``TF_CONFIG``:
   processes, then a check that every worker ended with identical weights.
 
 On a cluster, the orchestrator (Kubeflow's TFJob, or a script per host) starts
-``maas train --task`` on every host with that host's ``TF_CONFIG``; see the README.
+``maas train --task`` on every host with that host's ``TF_CONFIG``; see
+docs/how-to/distributed-training.md.
 """
 
 from __future__ import annotations
