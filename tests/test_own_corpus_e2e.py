@@ -33,9 +33,7 @@ def git(repo, *args):
 def repo(tmp_path_factory):
     root = copy_repo(tmp_path_factory.mktemp("own"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(
-        source=CORPUS, categories=None, remove=[], max_documents_per_class=None
-    )
+    params["data"].update(source=CORPUS, categories=None, remove=[], max_documents_per_class=None)
     params["train"].update(architecture="wide", ensemble=[])
     params["train"]["wide"].update(bigram_buckets=0, embedding_dim=16, epochs=8, batch_size=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -84,7 +82,7 @@ def test_a_new_corpus_version_reruns_and_checkout_restores_the_old_one(repo):
     rows += [(f"新电影明星演唱会音乐专辑票房第{i}名。", "娱乐") for i in range(60)]
     write_csv(repo / CORPUS, rows)
     status = run([BIN / "dvc", "status"], repo).stdout
-    assert "news.csv" in status  # DVC sees the corpus changed
+    assert "modified:" in status and "data/raw" in status  # DVC sees the corpus changed
     run([BIN / "dvc", "add", CORPUS], repo)
     repro = run([BIN / "dvc", "repro", "train"], repo).stdout
     assert "Running stage 'data'" in repro and "Running stage 'train'" in repro
@@ -93,13 +91,15 @@ def test_a_new_corpus_version_reruns_and_checkout_restores_the_old_one(repo):
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "corpus and model v2")
 
+    # Only the corpus, data and train stages ran here: the later stages have nothing cached.
+    checkout = [BIN / "dvc", "checkout", "--force", f"{CORPUS}.dvc", "data", "train"]
     git(repo, "checkout", "-q", "HEAD~1")
-    run([BIN / "dvc", "checkout", "--force"], repo)
+    run(checkout, repo)
     assert (repo / CORPUS).read_bytes() == v1_corpus
     restored = Tokenizer.load(repo / "models" / "classifier" / "tokenizer.json")
     assert restored == v1_model and set(restored.labels) == set(CLASSES)
     git(repo, "checkout", "-q", "-")
-    run([BIN / "dvc", "checkout", "--force"], repo)
+    run(checkout, repo)
     assert Tokenizer.load(repo / "models" / "classifier" / "tokenizer.json") == v2_model
 
 
@@ -110,3 +110,21 @@ def test_the_ascii_rule_of_earlier_versions_could_not_learn_it():
     vocabulary = {token for text in texts for token in ascii_rule.tokens(text)}
     assert vocabulary <= {"news", "2024", "ai", "report", "ok", "v2"}
     assert sys.modules["maas.tokenizer"].split_tokens(texts[0])  # the new rule reads Han
+
+
+def test_the_your_data_notebook_shows_the_corpus_before_training(repo, tmp_path):
+    import nbformat
+
+    executed = tmp_path / "07.ipynb"
+    run(
+        [BIN / "papermill", "notebooks/07-your-data.ipynb", executed, "--cwd", "notebooks",
+         "-p", "source", CORPUS, "--no-progress-bar", "--log-level", "WARNING"],
+        repo,
+    )  # fmt: skip
+    notebook = nbformat.read(executed, as_version=4)
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = "\n".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "news.csv: " in shown and "体育" in shown and "Han" in shown
+    assert "TF-IDF + LinearSVC" in shown and "majority class" in shown
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the data card figure

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from conftest import small_params_dict, write_project
-from corpus_fixtures import chinese_texts, write_class_folders, write_csv
+from corpus_fixtures import CLASSES, chinese_texts, write_class_folders, write_csv
 
 from maas import config, data, splits
 from maas.sources import DataError
@@ -167,3 +167,28 @@ def test_bad_parameters_are_clear(tmp_path, overrides, message):
     root, _ = own_project(tmp_path)
     with pytest.raises(config.ConfigError, match=message):
         config.load_params(root / "params.yaml", {f"data.{k}": v for k, v in overrides.items()})
+
+
+def test_a_class_folder_corpus_trains_and_serves_its_own_class_names(tmp_path):
+    from fastapi.testclient import TestClient
+    from serving_support import write_repository
+
+    from maas.serving.app import ServerConfig, create_app
+    from maas.training import stage
+
+    root, paths = own_project(tmp_path / "p", source="data/raw/news")
+    write_class_folders(paths.raw_dir / "news", chinese_texts(per_class=40, seed=3))
+    params = config.load_params(
+        root / "params.yaml",
+        {"train.architecture": "wide", "train.ensemble": [], "train.wide.epochs": 6},
+    )
+    data.run(params.data, paths)
+    stage.run(params.train, paths, settings=params.settings.train, progress=False)
+    repository = write_repository(tmp_path / "repo", {"news": {1: paths.classifier_dir}})
+    app = create_app(ServerConfig(model_repository=repository, poll_interval_s=0))
+    with TestClient(app) as client:
+        answer = client.post(
+            "/predict", json={"text": "央行宣布利率下调，股票市场和银行基金上涨。"}
+        )
+        assert answer.status_code == 200 and answer.json()["label"] == "财经"
+        assert set(answer.json()["probabilities"]) == set(CLASSES)
