@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import small_params_dict, write_project
 
-from maas import config, data, splits
+from maas import config, data, sources, splits
 from maas.tokenizer import Tokenizer
 
 
@@ -82,7 +82,7 @@ def test_missing_corpus_says_how_to_provide_it(tmp_path, monkeypatch):
     monkeypatch.setattr(_twenty_newsgroups, "_download_20newsgroups", offline)
     paths = config.project_paths(write_project(tmp_path / "p") / "params.yaml")
     params = config.load_params(paths.root / "params.yaml").data
-    with pytest.raises(data.CorpusUnavailableError, match="SCIKIT_LEARN_DATA"):
+    with pytest.raises(sources.CorpusUnavailableError, match="SCIKIT_LEARN_DATA"):
         data.run(params, paths, data_home=str(tmp_path / "empty-home"))
     assert not paths.processed_dir.exists()  # nothing half-written
 

@@ -31,15 +31,9 @@ from typing import Any
 import numpy as np
 
 from maas import unicode_text
-from maas.config import DataParams, Paths, to_dict
+from maas.config import NEWSGROUPS, DataParams, Paths, to_dict
 from maas.provenance import atomic_dir, build_provenance, sha256_tree, write_json
-from maas.sources import (
-    NEWSGROUPS,
-    NEWSGROUPS_CACHE_FILE,
-    DataError,
-    RawCorpus,
-    load_source,
-)
+from maas.sources import NEWSGROUPS_CACHE_FILE, DataError, RawCorpus, load_source
 from maas.splits import SPLITS, Split, save_split
 from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
