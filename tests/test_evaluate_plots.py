@@ -133,3 +133,16 @@ def test_predict_texts_batches_similar_lengths_and_keeps_the_order():
     assert [len(batch) for batch in batches] == [100] * 10
     # Sorted by length: each batch spans a tenth of the range, not all of it.
     assert all(max(batch) - min(batch) < 120 for batch in batches)
+
+
+def test_prediction_batches_are_bounded_in_items_and_characters():
+    bounds = evaluate.batch_bounds(np.array([1, 2, 3, 10, 10, 50]), 2, 15)
+    assert bounds == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert evaluate.batch_bounds(np.array([1, 1, 1]), 2, None) == [(0, 2), (2, 3)]
+    texts = ["a" * n for n in (5, 1, 30, 2)]
+    seen = []
+    probabilities = evaluate.predict_texts(
+        lambda batch: seen.append(len(batch)) or np.array([[len(t), 0.0] for t in batch]),
+        texts, batch_size=3, max_chars=10,
+    )  # fmt: skip
+    assert probabilities[:, 0].tolist() == [5, 1, 30, 2] and seen == [3, 1]

@@ -135,3 +135,23 @@ def test_tensorflow_twin_gives_identical_tokens_and_ids(graph_tokenizer, texts):
     from maas.export import tokenize_graph
 
     np.testing.assert_array_equal(tokenize_graph(own)(batch).numpy(), own.encode(texts))
+
+
+def test_only_the_first_characters_are_read_alike_in_both_twins(graph_tokenizer):
+    import tensorflow as tf
+
+    from maas.export import tokenize_graph
+
+    tok = make(texts=["ab cd", "战争"], size=10, length=4)  # reads 16 x 4 = 64 characters
+    assert tok.max_chars == 64
+    long_texts = ["x" * 63 + " ab cd", "战" * 70 + " cd", " " * 64 + "ab"]
+    assert [tok.tokens(text) for text in long_texts] == [
+        ["x" * 63],
+        ["战", "战战"] * 63 + ["战"],
+        [],
+    ]
+    graph = tokenize_graph(tok)
+    batch = tf.constant(long_texts)
+    tokens = [[t.decode() for t in row] for row in graph.token_strings(batch).to_list()]
+    assert tokens == [tok.tokens(text) for text in long_texts]
+    np.testing.assert_array_equal(graph(batch).numpy(), tok.encode(long_texts))

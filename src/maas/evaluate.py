@@ -75,30 +75,60 @@ def tfidf_baseline(
 
 
 def predict_texts(
-    predict: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], batch_size: int = 256
+    predict: Callable[[Sequence[str]], np.ndarray],
+    texts: Sequence[str],
+    batch_size: int = 256,
+    max_chars: int = 500_000,
 ) -> np.ndarray:
     """Class probabilities for ``texts``, in batches, from a texts-to-probabilities callable.
 
-    The batches hold texts of similar length (:func:`predict_in_length_order`).
+    The batches hold texts of similar length (:func:`predict_in_length_order`), and at most
+    ``max_chars`` characters: the SavedModel tokenizes about 90 bytes a character, so 256 of
+    the longest posts at once would take over a gigabyte for a moment.
     """
-    return predict_in_length_order(predict, texts, [len(text) for text in texts], batch_size)
+    lengths = [len(text) for text in texts]
+    return predict_in_length_order(predict, texts, lengths, batch_size, max_total=max_chars)
 
 
 def predict_in_length_order(
-    predict: Callable, items: Sequence, lengths: Sequence[int], batch_size: int = 256
+    predict: Callable,
+    items: Sequence,
+    lengths: Sequence[int],
+    batch_size: int = 256,
+    *,
+    max_total: int | None = None,
 ) -> np.ndarray:
     """``predict`` over ``items`` (texts, or rows of token ids) in batches of similar length.
 
     Rows come back in the given order. A model that cuts a batch's padding (the wide model)
-    then pays for each batch's own length instead of the longest post's in it.
+    then pays for each batch's own length instead of the longest post's in it. A batch holds
+    at most ``batch_size`` items and, if given, lengths summing to ``max_total`` (or one item).
     """
     order = np.argsort(np.asarray(lengths), kind="stable")
     ordered = items[order] if isinstance(items, np.ndarray) else [items[i] for i in order]
-    chunks = [predict(ordered[i : i + batch_size]) for i in range(0, len(ordered), batch_size)]
+    bounds = batch_bounds(np.asarray(lengths)[order], batch_size, max_total)
+    chunks = [predict(ordered[start:end]) for start, end in bounds]
     stacked = np.concatenate(chunks, axis=0)
     probabilities = np.empty_like(stacked)
     probabilities[order] = stacked
     return probabilities
+
+
+def batch_bounds(
+    lengths: np.ndarray, batch_size: int, max_total: int | None
+) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches: at most ``batch_size`` items, and lengths summing
+    to at most ``max_total`` where given (a longer item makes a batch of its own)."""
+    bounds, start, total = [], 0, 0
+    for index, length in enumerate(lengths):
+        full = index - start >= batch_size
+        if index > start and (full or (max_total is not None and total + length > max_total)):
+            bounds.append((start, index))
+            start, total = index, 0
+        total += int(length)
+    if start < len(lengths):
+        bounds.append((start, len(lengths)))
+    return bounds
 
 
 def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:

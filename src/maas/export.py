@@ -48,6 +48,7 @@ class TextTokenizer(tf.Module):
         keys = tokenizer.lookup_keys()[2:]
         self.rule = tokenizer.rule
         self.sequence_length = tokenizer.sequence_length
+        self.max_chars = tokenizer.max_chars
         values = list(range(2, len(keys) + 2))
         if not keys:  # a table cannot be empty; no token is ever the empty string
             keys, values = [PAD], [UNK_ID]
@@ -94,6 +95,7 @@ class TextTokenizer(tf.Module):
             lowered = tf.strings.lower(texts)  # ASCII only, as the ascii rule
             return tf.strings.split(tf.strings.regex_replace(lowered, "[^a-z0-9]+", " "))
         decoded = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
+        decoded = decoded[:, : self.max_chars]  # as Tokenizer.tokens reads them
         code_points, rows = self._fold(decoded)
         kinds = tf.gather(
             self.run_kinds, tf.searchsorted(self.run_starts, code_points, side="right") - 1

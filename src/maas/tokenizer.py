@@ -8,8 +8,9 @@ The rule (``unicode``, :mod:`maas.unicode_text`): fold the text (NFKC-equivalent
 normalisation and full case folding), keep runs of letters, combining marks and digits of
 every script as words (``café`` stays ``café``, ``Москва`` becomes ``москва``), and turn
 scripts written without spaces (Han, kana, Thai, ...) into single characters plus character
-bigrams (``战争`` -> ``战``, ``战争``, ``争``); everything else separates. Keep the first
-``sequence_length`` tokens, map each to its vocabulary index (unknown tokens to ``1``) and
+bigrams (``战争`` -> ``战``, ``战争``, ``争``); everything else separates. Read the first
+:data:`CHARS_PER_TOKEN` x ``sequence_length`` characters, keep the first ``sequence_length``
+tokens, map each to its vocabulary index (unknown tokens to ``1``) and
 pad with ``0`` at the end.
 
 Tokenizer files written before the Unicode rule (format ``maas-tokenizer/1``: lower-case
@@ -41,6 +42,10 @@ ASCII_FORMAT = "maas-tokenizer/1"  # the ASCII-only rule of earlier artifacts
 RULES = ("unicode", "ascii")
 TOKENIZER_FILE = "tokenizer.json"  # its name in data/processed and in every artifact folder
 ENCODE_CHUNK = 10_000  # texts tokenized at a time: lists of ids are short-lived
+# Only a text's first CHARS_PER_TOKEN x sequence_length characters are read: far more than
+# the kept tokens need in any language (no 20 Newsgroups post changes), and it bounds what a
+# very long text costs, in the graph (~90 bytes a character) and in Python.
+CHARS_PER_TOKEN = 16
 
 _ASCII_SEPARATOR = re.compile(r"[^a-z0-9]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -84,11 +89,16 @@ class Tokenizer:
             return list(self.vocabulary)
         return [unicode_text.fold(word) for word in self.vocabulary]
 
+    @property
+    def max_chars(self) -> int:
+        """How many characters of a text are read (the Unicode rule)."""
+        return CHARS_PER_TOKEN * self.sequence_length
+
     def tokens(self, text: str) -> list[str]:
         """The tokens of one text as they are looked up (folded form)."""
         if self.rule == "ascii":
             return _ascii_tokens(text)
-        return unicode_text.folded_tokens(text)
+        return unicode_text.folded_tokens(text[: self.max_chars])
 
     @classmethod
     def fit(
@@ -102,7 +112,7 @@ class Tokenizer:
         """Build the vocabulary from training texts: the most frequent tokens, ties by name."""
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(split_tokens(text))
+            counts.update(split_tokens(text[: CHARS_PER_TOKEN * sequence_length]))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         words = [token for token, _ in ranked[: max(vocabulary_size - 2, 0)]]
         return cls((PAD, UNK, *words), sequence_length, tuple(labels))
@@ -148,6 +158,7 @@ class Tokenizer:
             # Folding comes from this Python's Unicode tables: a character that a later
             # version assigns could fold differently there.
             record["unicode_version"] = unicode_text.UNICODE_VERSION
+            record["max_chars"] = self.max_chars
         return record
 
     def fingerprint(self) -> str:
