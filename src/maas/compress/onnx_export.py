@@ -36,7 +36,12 @@ def to_onnx(model: keras.Model, *, opset: int = OPSET) -> bytes:
     length = int(model.input_shape[1])
     signature = (tf.TensorSpec([None, length], tf.int32, name=INPUT_NAME),)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+        # No tf2onnx graph optimizers: on the three-member ensemble they raised the process
+        # from 0.9 GB to a 5.0 GB peak (2.2 GB without them, and 3.5 times faster), and
+        # onnxruntime optimizes the graph itself when a session loads it.
+        proto, _ = tf2onnx.convert.from_keras(
+            model, input_signature=signature, opset=opset, optimizers={}
+        )
     except Exception as error:
         raise OnnxExportError(f"tf2onnx could not convert {model.name}: {error}") from error
     ops = sorted({node.op_type for node in proto.graph.node})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +248,27 @@ def run(params: CompressParams, paths: Paths, *, settings: CompressSettings) -> 
                 )  # fmt: skip
                 rows.append(row)
             rows = [row.result() if isinstance(row, Future) else row for row in rows]
-        time_rows(rows, predictors, test.texts, settings, out)
-    details["histories"] = builder.histories
+        details["histories"] = builder.histories
+        del builder  # the fine-tuned Keras models: their variants are on disk now
+        loaded = {
+            name: predict() if isinstance(predict, Reload) else predict
+            for name, predict in predictors.items()
+        }
+        time_rows(rows, loaded, test.texts, settings, out)
     return finish(rows, details, paths, goals=params.targets)
+
+
+@dataclass(frozen=True)
+class Reload:
+    """A written variant's predictor, loaded again only to be timed: keeping each reloaded
+    model from its build to the timing at the end held every one in memory at once."""
+
+    directory: Path
+
+    def __call__(self) -> Any:
+        from maas.runtime import load_runtime
+
+        return load_runtime(self.directory).predict
 
 
 def teacher_rows(inputs: Inputs, test, paths: Paths) -> tuple[list[dict[str, Any]], dict]:
@@ -269,7 +288,10 @@ def teacher_rows(inputs: Inputs, test, paths: Paths) -> tuple[list[dict[str, Any
         labels=tokenizer.labels, teacher_classes=first["_classes"],
         model_file=paths.classifier_dir / "saved_model", source=teacher,
     )  # fmt: skip
-    return [first, second], {"teacher_keras": keras_predict, "teacher_saved_model": served.predict}
+    return [first, second], {
+        "teacher_keras": keras_predict,
+        "teacher_saved_model": Reload(paths.classifier_dir),
+    }
 
 
 def build_variant(
@@ -288,7 +310,8 @@ def build_variant(
     """Build one variant, write it, reload it, check it against memory, evaluate it.
 
     Returns its row (a future of it when evaluated on ``background``: formats in
-    :data:`OFF_THREAD`) and the reloaded predictor; records its conversion in ``details``.
+    :data:`OFF_THREAD`) and how to reload its predictor for timing; records its conversion in
+    ``details``.
     """
     from maas.runtime import load_runtime
 
@@ -320,8 +343,8 @@ def build_variant(
         return row
 
     if background is not None and variant.format in OFF_THREAD:
-        return background.submit(evaluated), runtime.predict
-    return evaluated(), runtime.predict
+        return background.submit(evaluated), Reload(directory)
+    return evaluated(), Reload(directory)
 
 
 def time_rows(
