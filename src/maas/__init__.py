@@ -1,4 +1,4 @@
-"""maas: Model as a Service, a reproducible research pipeline on labelled texts (20 Newsgroups by default).
+"""maas: Model as a Service, a reproducible research pipeline on labelled texts.
 
 tensorflow-model-optimization does not work with Keras 3, so every part of maas uses
 ``tf_keras`` (Keras 2). TensorFlow decides which Keras it binds when it is first imported,
