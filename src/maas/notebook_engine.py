@@ -6,9 +6,12 @@ about it in every stage. jupyter_client can hand the kernel CurveZMQ keys
 does), but papermill's command line cannot set that, so the stages run with
 ``--engine maas``, this engine (registered in ``pyproject.toml`` under papermill's
 ``papermill.engine`` entry points). A kernel spec without Curve support starts as before.
+The kernel also gets fewer malloc arenas (less memory, see :meth:`MaasEngine`).
 """
 
 from __future__ import annotations
+
+import os
 
 from jupyter_client.manager import AsyncKernelManager
 from papermill.engines import NBClientEngine
@@ -29,4 +32,8 @@ class MaasEngine(NBClientEngine):
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
         kwargs.setdefault("kernel_manager_class", EncryptedKernelManager)
+        # glibc gives every thread that allocates its own arena, and TensorFlow's threads
+        # leave them fragmented: two arenas cut a wide model's training peak from 2.0 to
+        # 1.7 GB at the same speed. The kernel inherits it (set before it starts).
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
