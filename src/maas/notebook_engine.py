@@ -34,6 +34,6 @@ class MaasEngine(NBClientEngine):
         kwargs.setdefault("kernel_manager_class", EncryptedKernelManager)
         # glibc gives every thread that allocates its own arena, and TensorFlow's threads
         # leave them fragmented: two arenas cut a wide model's training peak from 2.0 to
-        # 1.7 GB at the same speed. The kernel inherits it (set before it starts).
+        # 1.7 GB (3 epochs on 20 Newsgroups). The kernel inherits it (set before it starts).
         os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
