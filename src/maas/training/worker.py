@@ -31,6 +31,7 @@ from maas.training.callbacks import (
     TrainingBackup,
     fingerprint_of,
 )
+from maas.training.ensemble import fit_ensemble
 from maas.training.fit import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,18 @@ def train_and_export(
         fingerprint=run_fingerprint(params, strategy, tokenizer, train),
         writer=chief,
     )
-    result = fit(
-        params,
-        tokenizer=tokenizer,
-        train=train,
-        validation=validation,
-        strategy=strategy,
-        callbacks=chief_callbacks(params, paths, backup, progress=progress) if chief else [],
-        backup=None if params.ensemble else backup,  # members train without backups
-        first_step_marker=first_step_marker,
-    )
+    common = {
+        "tokenizer": tokenizer,
+        "train": train,
+        "validation": validation,
+        "strategy": strategy,
+        "callbacks": chief_callbacks(params, paths, backup, progress=progress) if chief else [],
+        "first_step_marker": first_step_marker,
+    }
+    if params.ensemble:  # members in turn, without backups (the Ray engine backs each up)
+        result = fit_ensemble(params, **common)
+    else:
+        result = fit(params, backup=backup, **common)
     model = exportable_model(result, params, strategy)
     summary = summarize(result, model, params, strategy)
     if chief:
