@@ -78,13 +78,10 @@ def check_reachable(address: str, timeout_s: float) -> None:
         ) from error
 
 
-def connect(settings: TrainSettings) -> None:
-    """Join the cluster (or start a local Ray when no address is given)."""
+def connect(address: str | None) -> None:
+    """Join the cluster (or start a local Ray when ``address`` is None)."""
     import ray
 
-    address = cluster_address(settings)
-    if address is not None:
-        check_reachable(address, settings.ray_connect_timeout_s)
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", log_to_driver=True)
     log.info("Ray cluster: %s, %s", address or "a local Ray", describe_nodes(alive_nodes()))
@@ -168,7 +165,7 @@ def train_member(job: dict[str, Any], index: int | None, storage: str) -> dict[s
         params = params.member(params.ensemble[index])
     folder = Path(storage)
     folder.mkdir(parents=True, exist_ok=True)
-    attempts = read_json(folder / ATTEMPTS_FILE) if (folder / ATTEMPTS_FILE).is_file() else []
+    attempts = attempts_of(folder)
     attempts.append({**here(), "pid": os.getpid(), "at": time.time()})
     write_json(folder / ATTEMPTS_FILE, attempts)
     result = train_to_storage(
@@ -190,17 +187,22 @@ def member_name(params: TrainParams, index: int | None) -> str:
     return describe(index, member)
 
 
-def last_node(storage: Path) -> dict[str, Any] | None:
-    """The node of a member's latest attempt, if it got that far."""
+def attempts_of(storage: Path) -> list[dict[str, Any]]:
+    """Each start of a member so far (node, address, process), oldest first."""
     path = storage / ATTEMPTS_FILE
-    return read_json(path)[-1] if path.is_file() else None
+    return read_json(path) if path.is_file() else []
 
 
-def where(storage: Path) -> str:
-    attempt = last_node(storage)
-    if attempt is None:
-        return "before it started (no node recorded: its worker died or could not import maas)"
-    return f"on node {attempt['node'][:8]} ({attempt['address']}, pid {attempt['pid']})"
+def where(storage: Path, error: BaseException | None = None) -> str:
+    """The node a member last ran on: from its attempt record, else from Ray's error."""
+    attempts = attempts_of(storage)
+    if attempts:
+        attempt = attempts[-1]
+        return f"on node {attempt['node'][:8]} ({attempt['address']}, pid {attempt['pid']})"
+    ip, pid = getattr(error, "ip", None), getattr(error, "pid", None)
+    if ip:  # the worker failed before the member started (at import, say)
+        return f"on the node at {ip} (pid {pid}), before it started"
+    return "before it started (its worker died; no node recorded)"
 
 
 def error_line(error: BaseException) -> str:
@@ -216,10 +218,11 @@ def watch_nodes(
     """Log each node lost since the last look, with the members it was training."""
     alive = set(alive_nodes())
     for node in sorted(known - alive):
+        # Ray may have started a member again before its node is declared dead.
         held = [
             name(index)
             for index in pending.values()
-            if (last_node(folders[index]) or {}).get("node") == node
+            if any(attempt["node"] == node for attempt in attempts_of(folders[index]))
         ]
         log.warning(
             "Ray node %s was lost while training %s: Ray runs them again on the nodes left, "
@@ -293,7 +296,7 @@ def train_members(
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as error:
                     raise RayTrainingError(
-                        f"{name} failed {where(folders[index])}: {error_line(error)}; "
+                        f"{name} failed {where(folders[index], error)}: {error_line(error)}; "
                         "nothing was exported"
                     ) from error
                 lines[index] = report_member(name, outcome)
@@ -386,6 +389,9 @@ def run(params: TrainParams, paths: Paths, *, settings: TrainSettings) -> dict[s
 
     from maas.training import ensemble, worker
 
+    address = cluster_address(settings)
+    if address is not None:
+        check_reachable(address, settings.ray_connect_timeout_s)
     for needed in (paths.tokenizer, paths.split("train"), paths.split("validation")):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} not found: run the data stage first")
@@ -393,7 +399,7 @@ def run(params: TrainParams, paths: Paths, *, settings: TrainSettings) -> dict[s
     if params.ensemble:
         ensemble.check_members(params, inputs.tokenizer)  # before any node is busy
     base = run_storage(settings, paths, params)
-    connect(settings)
+    connect(address)
     started = time.perf_counter()
     try:
         if params.distribute.strategy == "multi_worker":
