@@ -1,7 +1,7 @@
 """``maas train --engine ray`` on a 2-node Ray cluster in a private network namespace.
 
 One run of ``tests/ray_train_scenario.py`` (a cluster takes a minute to start on two
-cores): a two-member ensemble of tiny BiLSTMs trained locally, then on Ray with a node
+cores): a two-member ensemble of tiny wide models trained locally, then on Ray with a node
 killed mid-training, then the errors. Each test asserts on what the scenario recorded.
 """
 
@@ -20,7 +20,7 @@ from maas import config
 
 pytestmark = pytest.mark.slow
 
-MEMBERS = [{"architecture": "bilstm", "seed": 1}, {"architecture": "bilstm", "seed": 2}]
+MEMBERS = [{"architecture": "wide", "seed": 1}, {"architecture": "wide", "seed": 2}]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def scenario(tmp_path_factory, corpus_available):
 
     tool = private_network_or_skip()
     raw = small_params_dict()
-    raw["train"].update(architecture="bilstm", ensemble=MEMBERS, early_stopping_patience=4)
+    raw["train"].update(architecture="wide", ensemble=MEMBERS, early_stopping_patience=10)
     # Enough epochs that the second node can be killed between two of them.
-    raw["train"]["bilstm"].update(epochs=4)
+    raw["train"]["wide"].update(epochs=10)
     work = tmp_path_factory.mktemp("ray-train")
     project = write_project(work / "project", raw)
     params_file = project / "params.yaml"
@@ -61,13 +61,13 @@ def test_a_lost_node_s_member_resumes_on_the_other_and_the_run_finishes(scenario
     assert "error" not in killed and killed["epochs_done"] >= 1
     lines = {line["member"]: line for line in record["summary"]["ray"]}
     index = int(killed["member"].removeprefix("member-"))
-    lost = lines[f"train.ensemble[{index}] (bilstm, seed {index + 1})"]
+    lost = lines[f"train.ensemble[{index}] (wide, seed {index + 1})"]
     # It ran twice: first on the killed node, then elsewhere, from the epoch it had backed up.
     assert lost["nodes"][0] == killed["node"] != lost["nodes"][-1]
     assert lost["resumed_from_epoch"] >= 1
     text = "\n".join(record["log"])
     assert f"node {killed['node'][:8]} was lost while training train.ensemble[{index}]" in text
-    assert f"train.ensemble[{index}] (bilstm, seed {index + 1}) was lost on node" in text
+    assert f"train.ensemble[{index}] (wide, seed {index + 1}) was lost on node" in text
     assert f"resumed from epoch {lost['resumed_from_epoch']} on node" in text
     assert not record["storage_left"]  # the checkpoints go once the model is exported
     # The member that was not lost equals the one the local engine trained, weight for weight.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -44,6 +45,7 @@ from maas.provenance import read_json, write_json
 log = logging.getLogger(__name__)
 
 ATTEMPTS_FILE = "attempts.json"  # each start of a member: node, address, process
+_RAY_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)\s]+)\)")
 
 
 class RayTrainingError(RuntimeError):
@@ -199,9 +201,10 @@ def where(storage: Path, error: BaseException | None = None) -> str:
     if attempts:
         attempt = attempts[-1]
         return f"on node {attempt['node'][:8]} ({attempt['address']}, pid {attempt['pid']})"
-    ip, pid = getattr(error, "ip", None), getattr(error, "pid", None)
-    if ip:  # the worker failed before the member started (at import, say)
-        return f"on the node at {ip} (pid {pid}), before it started"
+    # Ray's message starts "ray::train_member() (pid=123, ip=10.0.0.7)" when a worker ran it.
+    found = _RAY_WORKER.search(str(error)) if error is not None else None
+    if found:  # the worker failed before the member started (at import, say)
+        return f"on the node at {found['ip']} (pid {found['pid']}), before it started"
     return "before it started (its worker died; no node recorded)"
 
 
@@ -316,6 +319,9 @@ def multi_worker_loop(config: dict[str, Any]) -> None:
     limit_threads(config["cpus"])
     import ray.train
     import tensorflow as tf
+
+    for chatty in ("absl", "tensorflow"):  # a line per all-reduce and checkpoint shard
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
     from maas.training import distributed
     from maas.training.worker import train_to_storage
