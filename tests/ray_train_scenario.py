@@ -35,7 +35,8 @@ from maas.model.ensemble import ensemble_members  # noqa: E402
 from maas.serving.ray.cluster import STARTED, LocalCluster  # noqa: E402
 from maas.training import stage  # noqa: E402
 from maas.training.callbacks import HISTORY_FILE  # noqa: E402
-from maas.training.ray_job import ATTEMPTS_FILE, run_storage  # noqa: E402
+from maas.training.ray_job import run_storage  # noqa: E402
+from maas.training.ray_tasks import ATTEMPTS_FILE  # noqa: E402
 
 # Workers of the broken node fail to import the Ray training module, as in a stale image.
 BROKEN_IMPORT = """
@@ -43,8 +44,8 @@ import importlib.abc, sys
 
 class Broken(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "maas.training.ray_job":
-            raise ImportError("this node's image has no maas.training.ray_job")
+        if name == "maas.training.ray_tasks":
+            raise ImportError("this node's image has no maas.training.ray_tasks")
         return None
 
 sys.meta_path.insert(0, Broken())

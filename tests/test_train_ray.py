@@ -96,6 +96,6 @@ def test_a_worker_that_cannot_import_stops_the_run_naming_member_and_node(scenar
         "train.ensemble[" in record["error"]
         and "failed on the node at 127.0.0.1" in record["error"]
     )
-    assert "no maas.training.ray_job" in record["error"]
+    assert "no maas.training.ray_tasks" in record["error"]
     assert "nothing was exported" in record["error"]
     assert record["model_unchanged"] and record["leftovers"] == []

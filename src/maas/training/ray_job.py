@@ -37,14 +37,12 @@ from maas.config import (
     Paths,
     TrainParams,
     TrainSettings,
-    parse_section,
     to_dict,
 )
-from maas.provenance import read_json, write_json
+from maas.training.ray_tasks import ATTEMPTS_FILE, attempts_of, multi_worker_loop, train_member
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_FILE = "attempts.json"  # each start of a member: node, address, process
 _RAY_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)\s]+)\)")
 
 
@@ -107,18 +105,24 @@ def describe_nodes(nodes: dict[str, dict[str, Any]]) -> str:
     return ", ".join(f"node {i[:8]} ({n['cpus']} CPU)" for i, n in sorted(nodes.items()))
 
 
-def check_capacity(nodes: dict[str, dict[str, Any]], *, workers: int, cpus: int, what: str) -> int:
+def check_capacity(
+    nodes: dict[str, dict[str, Any]], *, workers: int, cpus: int, what: str, together: bool
+) -> int:
     """How many of ``workers`` the cluster runs at once; refuse what it cannot hold at all.
 
+    Args:
+        what: who the workers are, for the message.
+        together: all must run at once (a multi-worker group), else they may queue.
+
     Raises:
-        RayClusterError: no node has ``cpus`` CPUs, or fewer slots than ``workers`` when
-            all must run together (``what`` says who).
+        RayClusterError: no node has ``cpus`` CPUs, or, ``together``, fewer slots than
+            ``workers``.
     """
     slots = sum(node["cpus"] // cpus for node in nodes.values())
-    if slots == 0 or (what == "multi_worker" and slots < workers):
+    if slots == 0 or (together and slots < workers):
         raise RayClusterError(
             f"the Ray cluster cannot hold {what}: {workers} worker(s) of {cpus} CPU(s) "
-            f"each, {'all at once, ' if what == 'multi_worker' else ''}but its nodes have "
+            f"each, {'all at once, ' if together else ''}but its nodes have "
             f"room for {slots} ({describe_nodes(nodes)}). Add nodes, or lower "
             "settings.train.ray_cpus_per_worker or train.distribute.workers"
         )
@@ -135,51 +139,6 @@ def run_storage(settings: TrainSettings, paths: Paths, params: TrainParams) -> P
     return base / key[:16]
 
 
-def limit_threads(cpus: int) -> None:
-    """As many TensorFlow threads as the CPUs Ray gave this worker (before TF starts)."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(cpus)
-
-
-def here() -> dict[str, Any]:
-    """This worker's node id and address."""
-    import ray
-
-    context = ray.get_runtime_context()
-    return {"node": context.get_node_id(), "address": ray.util.get_node_ip_address()}
-
-
-def train_member(job: dict[str, Any], index: int | None, storage: str) -> dict[str, Any]:
-    """A Ray task: train one member (``index`` in ``train.ensemble``; None: the one model).
-
-    Records this attempt, resumes from the member's backup if an earlier attempt left one,
-    and stores the weights; returns where it ran and from which epoch it started.
-    """
-    limit_threads(job["cpus"])
-    import tensorflow as tf
-
-    from maas.training.worker import train_to_storage
-
-    params = parse_section(TrainParams, job["train"], name="train")
-    if index is not None:
-        params = params.member(params.ensemble[index])
-    folder = Path(storage)
-    folder.mkdir(parents=True, exist_ok=True)
-    attempts = attempts_of(folder)
-    attempts.append({**here(), "pid": os.getpid(), "at": time.time()})
-    write_json(folder / ATTEMPTS_FILE, attempts)
-    result = train_to_storage(
-        params,
-        Paths(Path(job["root"])),
-        strategy=tf.distribute.get_strategy(),
-        storage=folder,
-        writer=True,
-    )
-    return {"attempts": attempts, "resumed_from_epoch": result.initial_epoch}
-
-
 def member_name(params: TrainParams, index: int | None) -> str:
     from maas.training.ensemble import describe
 
@@ -187,12 +146,6 @@ def member_name(params: TrainParams, index: int | None) -> str:
         return f"the {params.architecture} model"
     member: EnsembleMember = params.ensemble[index]
     return describe(index, member)
-
-
-def attempts_of(storage: Path) -> list[dict[str, Any]]:
-    """Each start of a member so far (node, address, process), oldest first."""
-    path = storage / ATTEMPTS_FILE
-    return read_json(path) if path.is_file() else []
 
 
 def where(storage: Path, error: BaseException | None = None) -> str:
@@ -273,10 +226,14 @@ def train_members(
     indices: list[int | None] = list(range(len(params.ensemble))) or [None]
     cpus = settings.ray_cpus_per_worker
     nodes = alive_nodes()
-    slots = check_capacity(nodes, workers=len(indices), cpus=cpus, what="a member")
+    slots = check_capacity(
+        nodes, workers=len(indices), cpus=cpus, what="the members", together=False
+    )
     if slots < len(indices):
         log.warning("%d members, room for %d at once: the others wait", len(indices), slots)
     folders = {index: base / f"member-{index or 0}" for index in indices}
+    for folder in folders.values():  # a new run: earlier runs' attempts are not this one's
+        (folder / ATTEMPTS_FILE).unlink(missing_ok=True)  # (their backups are resumed)
     task = ray.remote(
         num_cpus=cpus,
         max_retries=settings.ray_retries,  # a lost worker or node, not an error in the code
@@ -314,31 +271,6 @@ def train_members(
     return [lines[index] for index in indices]
 
 
-def multi_worker_loop(config: dict[str, Any]) -> None:
-    """Each Ray Train worker: MultiWorkerMirroredStrategy from the ``TF_CONFIG`` Ray set."""
-    limit_threads(config["cpus"])
-    import ray.train
-    import tensorflow as tf
-
-    for chatty in ("absl", "tensorflow"):  # a line per all-reduce and checkpoint shard
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-
-    from maas.training import distributed
-    from maas.training.worker import train_to_storage
-
-    params = parse_section(TrainParams, config["train"], name="train")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    rank = ray.train.get_context().get_world_rank()
-    train_to_storage(
-        params,
-        Paths(Path(config["root"])),
-        strategy=strategy,
-        storage=Path(config["storage"]),
-        writer=rank == 0,
-    )
-    distributed.barrier(strategy)  # leave together, after worker 0 stored the result
-
-
 def train_multi_worker(
     params: TrainParams, paths: Paths, settings: TrainSettings, base: Path
 ) -> list[dict[str, Any]]:
@@ -353,7 +285,7 @@ def train_multi_worker(
 
     workers, cpus = params.distribute.workers, settings.ray_cpus_per_worker
     nodes = alive_nodes()
-    check_capacity(nodes, workers=workers, cpus=cpus, what="multi_worker")
+    check_capacity(nodes, workers=workers, cpus=cpus, what="multi_worker", together=True)
     log.info("multi_worker: %d Ray Train worker(s) on %s", workers, describe_nodes(nodes))
     trainer = TensorflowTrainer(
         multi_worker_loop,
