@@ -125,6 +125,19 @@ def read_inputs(paths: Paths) -> Inputs:
     )
 
 
+def open_backup(
+    directory: Path,
+    params: TrainParams,
+    strategy: tf.distribute.Strategy,
+    inputs: Inputs,
+    *,
+    writer: bool,
+) -> TrainingBackup:
+    """This run's backup in ``directory``: resumed if an earlier run of it left one."""
+    fingerprint = run_fingerprint(params, strategy, inputs.tokenizer, inputs.train)
+    return TrainingBackup(directory, fingerprint=fingerprint, writer=writer)
+
+
 def train_model(
     params: TrainParams,
     inputs: Inputs,
@@ -185,10 +198,8 @@ def train_and_export(
     Returns the training summary (also stored in the model's provenance) and the result.
     """
     inputs = read_inputs(paths)
-    backup = TrainingBackup(
-        backup_dir or paths.train_backup_dir,
-        fingerprint=run_fingerprint(params, strategy, inputs.tokenizer, inputs.train),
-        writer=chief,
+    backup = open_backup(
+        backup_dir or paths.train_backup_dir, params, strategy, inputs, writer=chief
     )
     result = train_model(
         params,
@@ -221,11 +232,7 @@ def train_to_storage(
     A process that was lost and runs again on another node finds the backup and resumes.
     """
     inputs = read_inputs(paths)
-    backup = TrainingBackup(
-        storage / "backup",
-        fingerprint=run_fingerprint(params, strategy, inputs.tokenizer, inputs.train),
-        writer=writer,
-    )
+    backup = open_backup(storage / "backup", params, strategy, inputs, writer=writer)
     result = train_model(
         params,
         inputs,
