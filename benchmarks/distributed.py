@@ -278,12 +278,17 @@ def main() -> int:
         default="local",
         help="ray: nodes of one CPU each (benchmarks/distributed_ray.py); --only is ignored",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="--engine ray: rewrite the report from reports/benchmarks/distributed-ray.json",
+    )
     args = parser.parse_args()
     if args.engine == "ray":
         sys.path.insert(0, str(Path(__file__).parent))
-        from distributed_ray import benchmark
+        from distributed_ray import benchmark, write_report
 
-        return benchmark(args, args.out)
+        return write_report(args.out) if args.report_only else benchmark(args, args.out)
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
         project = make_project(
             Path(scratch) / "project",
