@@ -66,8 +66,10 @@ def test_a_lost_node_s_member_resumes_on_the_other_and_the_run_finishes(scenario
     assert lost["nodes"][0] == killed["node"] != lost["nodes"][-1]
     assert lost["resumed_from_epoch"] >= 1
     text = "\n".join(record["log"])
-    assert f"node {killed['node'][:8]} was lost while training train.ensemble[{index}]" in text
-    assert f"train.ensemble[{index}] (wide, seed {index + 1}) was lost on node" in text
+    # (Ray may declare the node dead only after the member finished elsewhere: the line
+    # "Ray node ... was lost while training ..." is not always there.)
+    lost_on = f"(wide, seed {index + 1}) was lost on node {killed['node'][:8]} (127.0.0.1)"
+    assert f"train.ensemble[{index}] {lost_on}" in text
     assert f"resumed from epoch {lost['resumed_from_epoch']} on node" in text
     assert not record["storage_left"]  # the checkpoints go once the model is exported
     # The member that was not lost equals the one the local engine trained, weight for weight.

@@ -28,6 +28,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +170,16 @@ def error_line(error: BaseException) -> str:
 
 
 def watch_nodes(
-    known: set[str], pending: dict[Any, int | None], folders: dict[int | None, Path], name
+    known: set[str], folders: dict[int | None, Path], name: Callable[[int | None], str]
 ) -> set[str]:
     """Log each node lost since the last look, with the members it was training."""
     alive = set(alive_nodes())
     for node in sorted(known - alive):
-        # Ray may have started a member again before its node is declared dead.
+        # Ray may have run a member again elsewhere before the node is declared dead.
         held = [
             name(index)
-            for index in pending.values()
-            if any(attempt["node"] == node for attempt in attempts_of(folders[index]))
+            for index, folder in folders.items()
+            if any(attempt["node"] == node for attempt in attempts_of(folder))
         ]
         log.warning(
             "Ray node %s was lost while training %s: Ray runs them again on the nodes left, "
@@ -248,7 +249,7 @@ def train_members(
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            known = watch_nodes(known, pending, folders, lambda i: member_name(params, i))
+            known = watch_nodes(known, folders, lambda i: member_name(params, i))
             for ref in done:
                 index = pending.pop(ref)
                 name = member_name(params, index)
