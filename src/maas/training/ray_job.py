@@ -277,6 +277,9 @@ def train_multi_worker(
 ) -> list[dict[str, Any]]:
     """``multi_worker`` through Ray Train's ``TensorflowTrainer``, one worker per slot.
 
+    Returns no member lines (the summary's ``ray`` entry lists the members of a
+    ``one_device`` run): Ray Train places and restarts the worker group itself.
+
     Raises:
         RayClusterError: the cluster cannot hold every worker at once.
         RayTrainingError: the worker group failed (its restarts spent).
@@ -311,9 +314,7 @@ def train_multi_worker(
         raise RayTrainingError(
             f"multi_worker training on Ray failed: {error_line(error)}; nothing was exported"
         ) from error
-    return [
-        {"member": f"worker-{i}", "nodes": [], "resumed_from_epoch": 0} for i in range(workers)
-    ]
+    return []
 
 
 def run(params: TrainParams, paths: Paths, *, settings: TrainSettings) -> dict[str, Any]:
