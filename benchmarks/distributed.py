@@ -18,6 +18,12 @@ makes the figures noisy; the load average is recorded with each run.
 
     .venv/bin/python benchmarks/distributed.py                 # all, twice each (~30 min)
     .venv/bin/python benchmarks/distributed.py --docs-per-class 60 --only one_device mirrored-2
+
+``--engine ray`` benchmarks the Ray engine instead (benchmarks/distributed_ray.py): the
+three-member ensemble on one node against two, multi-worker scaling through Ray Train, and
+a projection to N nodes; run it inside the private network namespace:
+
+    ../shared/tools/in-private-network .venv/bin/python benchmarks/distributed.py --engine ray
 """
 
 from __future__ import annotations
@@ -266,7 +272,23 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: nodes of one CPU each (benchmarks/distributed_ray.py); --only is ignored",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="--engine ray: rewrite the report from reports/benchmarks/distributed-ray.json",
+    )
     args = parser.parse_args()
+    if args.engine == "ray":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from distributed_ray import benchmark, write_report
+
+        return write_report(args.out) if args.report_only else benchmark(args, args.out)
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
         project = make_project(
             Path(scratch) / "project",

@@ -107,6 +107,16 @@ def test_overrides_apply_on_top_of_the_file(raw, tmp_path):
             "train.distribute.strategy: expected one of",
         ),
         (lambda p: p["train"]["distribute"].update(workers=0), "train.distribute.workers"),
+        (
+            lambda p: p["train"]["distribute"].update(engine="spark"),
+            "train.distribute.engine: expected one of ['local', 'ray'], got 'spark'",
+        ),
+        (
+            lambda p: p["train"]["distribute"].update(engine="ray", strategy="parameter_server"),
+            "train.distribute.strategy: must be one of ['one_device', 'multi_worker'] with "
+            "engine ray",
+        ),
+        (lambda p: p["settings"]["train"].update(ray_cpus_per_worker=0), "ray_cpus_per_worker"),
         (lambda p: p.update(train=[1, 2]), "train: expected a mapping"),
     ],
 )

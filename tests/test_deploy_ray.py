@@ -1,4 +1,4 @@
-"""deploy/ray offline: the RayService manifest and the Dockerfile fit the code they run.
+"""deploy/ray offline: the RayService and RayJob manifests and the Dockerfile fit the code.
 
 No Kubernetes cluster or Docker daemon here: these checks parse the manifest, resolve its
 Serve application and arguments with the code, and check what the Dockerfile copies.
@@ -6,8 +6,10 @@ Serve application and arguments with the code, and check what the Dockerfile cop
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import ray
@@ -69,3 +71,53 @@ def test_bad_service_args_are_refused_with_the_key():
         service.parse_args({})
     with pytest.raises(ValueError, match="max_replicas"):
         service.parse_args({"model_repository": "/m", "scaling": {"max_replicas": 0}})
+
+
+def rayjob() -> dict:
+    return yaml.safe_load((DEPLOY / "rayjob-train.yaml").read_text())
+
+
+def test_the_rayjob_runs_maas_train_on_ray_with_valid_flags():
+    from maas.training import cli
+
+    spec = rayjob()
+    assert spec["apiVersion"] == "ray.io/v1" and spec["kind"] == "RayJob"
+    workdir, _, command = spec["spec"]["entrypoint"].partition(" && ")
+    assert workdir == "cd /project"
+    program, subcommand, *flags = command.split()
+    assert (program, subcommand) == ("maas", "train")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(flags)
+    assert args.engine == "ray" and args.address is None  # KubeRay sets RAY_ADDRESS
+    assert cli.overrides_from(args) == {"train.distribute.engine": "ray"}
+    assert spec["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def test_the_rayjob_cluster_holds_the_default_ensemble_on_shared_storage():
+    from maas import config
+
+    params = config.load_params(ROOT / "params.yaml", {"train.distribute.engine": "ray"})
+    cluster = rayjob()["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (group,) = cluster["workerGroupSpecs"]
+    cpus = int(group["rayStartParams"]["num-cpus"])
+    per_member = params.settings.train.ray_cpus_per_worker
+    assert group["minReplicas"] * (cpus // per_member) >= len(params.train.ensemble)
+    (container,) = group["template"]["spec"]["containers"]
+    assert (
+        container["image"]
+        == manifest()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+            "containers"
+        ][0]["image"]
+    )
+    threads = {e["name"]: e["value"] for e in container["env"]}
+    assert threads["TF_NUM_INTRAOP_THREADS"] == str(per_member)
+    # Every pod mounts the project volume where the storage of the checkpoints lives.
+    assert not Path(params.settings.train.ray_storage).is_absolute()  # inside /project
+    for template in [cluster["headGroupSpec"]["template"], group["template"]]:
+        (mount,) = template["spec"]["containers"][0]["volumeMounts"]
+        assert mount["mountPath"] == "/project"
+        (volume,) = template["spec"]["volumes"]
+        assert volume["name"] == mount["name"] and volume["persistentVolumeClaim"]["claimName"]

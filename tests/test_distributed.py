@@ -284,6 +284,10 @@ def test_unknown_strategy_is_an_argparse_error(capsys):
         (["--strategy", "mirrored", "--workers", "2"], "--workers applies to"),
         (["--parameter-servers", "2", "--replicas", "2"], "--replicas applies to mirrored"),
         (["--workers", "0"], "train.distribute.workers: must be >= 1"),
+        (["--engine", "ray", "--strategy", "mirrored"], "with engine ray"),
+        (["--engine", "local", "--address", "127.0.0.1:9"], "--address applies to --engine"),
+        (["--engine", "ray", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster at"),
+        (["--engine", "ray", "--address", "nowhere"], "expected host:port"),
     ],
 )
 def test_impossible_jobs_are_refused(params_file, nothing_may_start, caplog, argv, message):

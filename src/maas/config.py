@@ -31,6 +31,8 @@ NEWSGROUPS = "20newsgroups"  # data.source of scikit-learn's corpus (maas.source
 NEWSGROUPS_REMOVABLE = ("headers", "footers", "quotes")
 RAW_DATA_DIR = "data/raw"  # a corpus file's home, versioned by `dvc add`
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "parameter_server")
+ENGINES = ("local", "ray")
+RAY_STRATEGIES = ("one_device", "multi_worker")  # what the Ray engine runs
 # Compression variants (docs/how-to/compression.md), each a folder models/compressed/<name>.
 # Teacher TFLite forms: float32 reference, dynamic-range int8, float16, full-integer int8,
 # quantization-aware int8; the pruned model (Keras) and its TFLite float32 and int8 forms; the
@@ -108,6 +110,8 @@ class DataParams:
 
 @dataclass(frozen=True)
 class DistributeParams:
+    # local: this machine (one process, or one per task); ray: the tasks of a Ray cluster.
+    engine: Literal["local", "ray"]
     strategy: Literal["one_device", "mirrored", "multi_worker", "parameter_server"]
     replicas: int  # mirrored: devices (logical CPU devices when there is no GPU)
     workers: int  # multi_worker and parameter_server: worker processes
@@ -117,6 +121,13 @@ class DistributeParams:
         _check(self.replicas >= 1, "train.distribute.replicas", ">= 1")
         _check(self.workers >= 1, "train.distribute.workers", ">= 1")
         _check(self.parameter_servers >= 1, "train.distribute.parameter_servers", ">= 1")
+        _check(
+            self.engine != "ray" or self.strategy in RAY_STRATEGIES,
+            "train.distribute.strategy",
+            f"one of {list(RAY_STRATEGIES)} with engine ray (an ensemble's members train in "
+            f"parallel under one_device; multi_worker runs through Ray Train), got "
+            f"{self.strategy!r}: {self.strategy} runs with engine local",
+        )
 
 
 @dataclass(frozen=True)
@@ -362,10 +373,19 @@ class CompressParams:
 @dataclass(frozen=True)
 class TrainSettings:
     startup_timeout_s: int  # local jobs: the first training step must come within this
-    timeout_s: int  # local jobs: the whole training must end within this
+    timeout_s: int  # local and Ray jobs: the whole training must end within this
+    ray_address: str  # the Ray cluster ("host:port"); "": RAY_ADDRESS, else a local Ray
+    ray_connect_timeout_s: int  # an address that does not answer within this is an error
+    ray_cpus_per_worker: int  # CPUs (and TensorFlow threads) of each member or worker
+    ray_storage: str  # checkpoints every node reads: a shared path (relative: to the project)
+    ray_retries: int  # times a member, or the multi-worker group, restarts after a lost node
 
     def __post_init__(self) -> None:
         _check(self.startup_timeout_s >= 1, "settings.train.startup_timeout_s", ">= 1")
+        _check(self.ray_connect_timeout_s >= 1, "settings.train.ray_connect_timeout_s", ">= 1")
+        _check(self.ray_cpus_per_worker >= 1, "settings.train.ray_cpus_per_worker", ">= 1")
+        _check(bool(self.ray_storage.strip()), "settings.train.ray_storage", "a path")
+        _check(self.ray_retries >= 0, "settings.train.ray_retries", ">= 0")
         _check(
             self.timeout_s >= self.startup_timeout_s,
             "settings.train.timeout_s",

@@ -6,5 +6,8 @@
 Beside them: :mod:`~maas.training.callbacks` (progress, curves, throughput, backups),
 :mod:`~maas.training.distributed` (strategies, ``TF_CONFIG``, sharding),
 :mod:`~maas.training.launcher` (local processes) and :mod:`~maas.training.cli`
-(``maas train``). Nothing is imported here, so a task process loads only what it runs.
+(``maas train``); :mod:`~maas.training.ensemble` (members in turn, then one model, between
+worker and fit); and the Ray engine, :mod:`~maas.training.ray_job` (the driver, beside
+``job``) and :mod:`~maas.training.ray_tasks` (what runs on the nodes). Nothing is imported
+here, so a task process loads only what it runs.
 """

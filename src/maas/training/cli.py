@@ -9,6 +9,13 @@ them all as soon as one fails. The chief alone writes models/classifier.
   maas train --workers 2                    # MultiWorkerMirroredStrategy, 2 local workers
   maas train --strategy parameter_server --workers 2 --parameter-servers 2
   maas train --strategy mirrored --replicas 2
+  maas train --engine ray                   # on Ray: RAY_ADDRESS's cluster, else a local Ray
+  maas train --engine ray --address 10.0.0.5:6379 --workers 2   # multi_worker via Ray Train
+
+With --engine ray an ensemble's members train in parallel, one Ray task each, spread over
+the nodes; each backs up every epoch to settings.train.ray_storage (storage every node
+reads) and resumes from there on another node if its node is lost. This process assembles
+the ensemble and writes models/classifier as the local engine does.
 
 With --task this process is one task of a job whose cluster TF_CONFIG describes, as on a
 cluster (every host runs the same command with its own TF_CONFIG; see
@@ -25,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from maas.config import STRATEGIES, ConfigError, load_params, project_paths
+from maas.config import ENGINES, STRATEGIES, ConfigError, load_params, project_paths
 
 log = logging.getLogger("maas.training.cli")  # also when run as __main__
 
@@ -39,6 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategy",
         choices=STRATEGIES,
         help="overrides train.distribute.strategy (--workers alone implies multi_worker)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="overrides train.distribute.engine: local (this machine) or ray (a Ray cluster)",
+    )
+    parser.add_argument(
+        "--address",
+        help="engine ray: the cluster's head, host:port (overrides settings.train.ray_address; "
+        "default: RAY_ADDRESS, else a local Ray)",
     )
     parser.add_argument(
         "--workers", type=int, help="multi_worker / parameter_server: worker processes"
@@ -82,7 +99,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
         raise ConfigError(f"--parameter-servers applies to parameter_server, not {strategy}")
     if args.replicas is not None and strategy != "mirrored":
         raise ConfigError(f"--replicas applies to mirrored, not {strategy}")
+    if args.address is not None and args.engine == "local":
+        raise ConfigError("--address applies to --engine ray, not local")
     overrides: dict[str, object] = {}
+    if args.engine is not None:
+        overrides["train.distribute.engine"] = args.engine
+    if args.address is not None:
+        overrides["settings.train.ray_address"] = args.address
     if strategy is not None:
         overrides["train.distribute.strategy"] = strategy
     for flag, key in (
@@ -97,6 +120,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     from maas.training import launcher
+    from maas.training.ray_job import RayTrainingError
 
     # TensorFlow's Python side logs every checkpoint shard and all-reduce at INFO.
     for chatty in ("absl", "tensorflow"):
@@ -119,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as error:  # DistributeError is a ConfigError
         log.error("%s", error)
         return 2
-    except launcher.JobError as error:
+    except (launcher.JobError, RayTrainingError) as error:
         log.error("%s", error)
         return 1
     log.info("trained: %s", summary)

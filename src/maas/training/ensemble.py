@@ -1,5 +1,9 @@
 """Training an ensemble (``train.ensemble``): each member in turn, then one averaged model.
 
+Above :mod:`maas.training.fit` (which trains one model) and below the worker, which chooses
+between the two. :func:`assemble` is the one home of "members -> ensemble": the Ray engine
+(:mod:`maas.training.ray_job`), which trains the members in parallel, assembles with it too.
+
 Every member is first built (cheap), so a member that cannot exist fails before any
 training; then each trains with its own architecture section and seed, under the run's
 strategy, with early stopping. A member that fails stops the run with
@@ -13,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +30,8 @@ from maas.model import build_architecture, compile_classifier
 from maas.model.ensemble import build_ensemble
 from maas.tokenizer import Tokenizer
 from maas.training import distributed
+from maas.training.callbacks import LiveLogger
+from maas.training.fit import TrainResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,6 @@ def check_members(params: TrainParams, tokenizer: Tokenizer) -> None:
 
 def fit_ensemble(
     params: TrainParams,
-    fit_one: Callable[..., Any],
     *,
     tokenizer: Tokenizer,
     train: tuple[np.ndarray, np.ndarray],
@@ -64,27 +70,23 @@ def fit_ensemble(
     strategy: tf.distribute.Strategy | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
-    first_step_marker=None,
-):
-    """Train every member with ``fit_one`` (:func:`maas.training.fit.fit`); return the ensemble's
+    first_step_marker: Path | None = None,
+) -> TrainResult:
+    """Train every member in turn with :func:`maas.training.fit.fit`; return the ensemble's
     ``TrainResult``.
 
     Raises:
         EnsembleMemberError: a member failed; nothing was exported.
     """
-    from maas.training.callbacks import LiveLogger
-    from maas.training.fit import TrainResult
-
     check_members(params, tokenizer)
     # The curves are logged once, whole, at the end (a logger ends with each member's fit).
-    loggers = [c for c in callbacks if isinstance(c, LiveLogger)]
     others = [c for c in callbacks if not isinstance(c, LiveLogger)]
     started = time.perf_counter()
-    models, results = [], []
+    results = []
     for index, member in enumerate(params.ensemble):
         log.info("ensemble: training %s", describe(index, member))
         try:
-            result = fit_one(
+            result = fit(
                 params.member(member),
                 tokenizer=tokenizer,
                 train=train,
@@ -96,19 +98,44 @@ def fit_ensemble(
             )
         except Exception as error:
             raise EnsembleMemberError(f"{describe(index, member)} failed: {error}") from error
-        model = result.model
         if strategy is not None and strategy is not tf.distribute.get_strategy():
-            model = distributed.plain_copy(model)  # the ensemble holds ordinary variables
-        models.append(model)
+            result.model = distributed.plain_copy(result.model)  # ordinary variables
         results.append(result)
+    return assemble(
+        params,
+        results,
+        validation=validation,
+        callbacks=callbacks,
+        seconds=time.perf_counter() - started,
+        examples=len(train[0]),
+    )
+
+
+def assemble(
+    params: TrainParams,
+    results: Sequence[TrainResult],
+    *,
+    validation: tuple[np.ndarray, np.ndarray],
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    seconds: float,
+    examples: int,
+) -> TrainResult:
+    """The ensemble of trained members (in ``train.ensemble``'s order): one averaged model,
+    evaluated on validation, its combined history logged to the ``LiveLogger`` callbacks.
+
+    Args:
+        results: each member's training, its model holding ordinary variables.
+        seconds: the wall time of training every member.
+        examples: training examples in one epoch.
+    """
+    models = [result.model for result in results]
     ensemble = compile_classifier(build_ensemble(models), learning_rate=params.learning_rate)
     val_loss, val_accuracy = ensemble.evaluate(*validation, batch_size=256, verbose=0)
     history = combined_history(results, val_loss=val_loss, val_accuracy=val_accuracy)
-    for logger in loggers:
+    for logger in (c for c in callbacks if isinstance(c, LiveLogger)):
         for epoch, row in enumerate(rows_of(history)):
             logger.on_epoch_end(epoch, row)
         logger.on_train_end()
-    seconds = time.perf_counter() - started
     epochs = sum(len(r.history["loss"]) for r in results)
     log.info("ensemble: validation accuracy %.4f (members %s)", val_accuracy, [
         round(max(r.history["val_accuracy"]), 4) for r in results
@@ -119,7 +146,7 @@ def fit_ensemble(
         history=history,
         best_epoch=len(history["loss"]),
         seconds=seconds,
-        examples_per_second=epochs * len(train[0]) / seconds,
+        examples_per_second=epochs * examples / seconds,
         steady_examples_per_second=float(np.median(steady)) if steady else None,
         timeline=ensemble_timeline(results),
         members=[
@@ -129,12 +156,12 @@ def fit_ensemble(
     )
 
 
-def member_summary(member: EnsembleMember, result) -> dict[str, Any]:
+def member_summary(member: EnsembleMember, result: TrainResult) -> dict[str, Any]:
     """One member's line in the ensemble's provenance: what it is, how far it trained."""
     return {"architecture": member.architecture, "seed": member.seed, **result.outcome()}
 
 
-def ensemble_timeline(results) -> dict[str, float]:
+def ensemble_timeline(results: Sequence[TrainResult]) -> dict[str, float]:
     """The first member's start and first steps, the last member's end."""
     timeline = dict(results[0].timeline)
     if "train_ended" in results[-1].timeline:
@@ -142,7 +169,9 @@ def ensemble_timeline(results) -> dict[str, float]:
     return timeline
 
 
-def combined_history(results, *, val_loss: float, val_accuracy: float) -> dict[str, list[float]]:
+def combined_history(
+    results: Sequence[TrainResult], *, val_loss: float, val_accuracy: float
+) -> dict[str, list[float]]:
     """The members' epochs in turn, then the ensemble's row."""
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     history: dict[str, list[float]] = {key: [] for key in keys}

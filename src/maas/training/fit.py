@@ -181,7 +181,10 @@ def fit(
     backup: TrainingBackup | None = None,
     first_step_marker: Path | None = None,
 ) -> TrainResult:
-    """Train a classifier on token ids; return it with its history.
+    """Train one classifier on token ids; return it with its history.
+
+    An ensemble is not trained here: :mod:`maas.training.ensemble` trains its members with
+    this function, and the layer above both (:mod:`maas.training.worker`) chooses.
 
     Args:
         params: the ``train`` section.
@@ -194,14 +197,11 @@ def fit(
         backup: back up every epoch there, and resume from it if it holds a backup.
         first_step_marker: a file to write when the first training step has ended.
     """
-    if params.ensemble:  # each member in turn, then one averaged model
-        from maas.training.ensemble import fit_ensemble
-
-        return fit_ensemble(
-            params, fit, tokenizer=tokenizer, train=train, validation=validation,
-            strategy=strategy, callbacks=callbacks, verbose=verbose,
-            first_step_marker=first_step_marker,
-        )  # fmt: skip
+    if params.ensemble:
+        raise ValueError(
+            "fit trains one model; an ensemble's members are trained by "
+            "maas.training.ensemble.fit_ensemble (maas.training.worker chooses)"
+        )
     keras.utils.set_random_seed(params.seed)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():

@@ -30,14 +30,24 @@ def run(
 ) -> dict[str, Any]:
     """The train stage: fit on the data stage's outputs, export to ``models/classifier``.
 
-    ``train.distribute.strategy`` decides how: ``one_device`` and ``mirrored`` train in this
-    process; ``multi_worker`` and ``parameter_server`` launch one process per task on this
-    machine (:func:`maas.training.job.run_local_job`) and wait for them. A run interrupted
-    before the end resumes from its last finished epoch when started again. ``settings``
-    bound the time a local job may take (they change no result).
+    ``train.distribute.engine: ray`` trains on a Ray cluster (:mod:`maas.training.ray_job`:
+    an ensemble's members in parallel, or ``multi_worker`` through Ray Train) and exports
+    here the same artifacts. On the local engine ``train.distribute.strategy`` decides how:
+    ``one_device`` and ``mirrored`` train in this process; ``multi_worker`` and
+    ``parameter_server`` launch one process per task on this machine
+    (:func:`maas.training.job.run_local_job`) and wait for them. A run interrupted before the
+    end resumes from its last finished epoch when started again. ``settings`` bound the time
+    a job may take and say where the Ray cluster is (they change no result).
     Returns the training summary that is also stored in the model's provenance.
     """
     name = params.distribute.strategy
+    if params.distribute.engine == "ray":
+        from maas.training import ray_job  # Ray is imported only when it is used
+
+        started = time.time()
+        summary = ray_job.run(params, paths, settings=settings)
+        summary.update(time_to_start(summary, since=started))
+        return summary
     if strategy is None and name in distributed.LAUNCHED_STRATEGIES:
         return run_local_job(params, paths, settings=settings, backup_dir=backup_dir)
     started = time.time()

@@ -9,10 +9,11 @@ keep theirs in temporary folders that Keras removes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +22,8 @@ import tf_keras as keras
 from maas.config import Paths, TrainParams, to_dict
 from maas.export import export_classifier
 from maas.model import compile_classifier
+from maas.model.ensemble import build_ensemble
+from maas.provenance import atomic_dir, read_json, write_json
 from maas.splits import read_split
 from maas.tokenizer import Tokenizer
 from maas.training import distributed
@@ -31,9 +34,19 @@ from maas.training.callbacks import (
     TrainingBackup,
     fingerprint_of,
 )
-from maas.training.fit import TrainResult, fit
+from maas.training.ensemble import fit_ensemble
+from maas.training.fit import TrainResult, build_model, fit
 
 log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.npz"  # a stored training's weights (train_to_storage)
+RESULT_FILE = "result.json"  # ... and its history and figures
+
+
+class Inputs(NamedTuple):
+    tokenizer: Tokenizer
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray]
 
 
 def encode_split(
@@ -86,16 +99,13 @@ def exportable_model(
 
 
 def summarize(
-    result: TrainResult,
-    model: keras.Model,
-    params: TrainParams,
-    strategy: tf.distribute.Strategy,
+    result: TrainResult, model: keras.Model, params: TrainParams, *, replicas: int
 ) -> dict[str, Any]:
     """The training summary the model's provenance and the notebook show."""
     members = {"members": result.members} if result.members else {}
     return {
         "strategy": params.distribute.strategy,
-        "replicas": int(strategy.num_replicas_in_sync),
+        "replicas": replicas,
         **result.outcome(),
         "resumed_from_epoch": result.initial_epoch,
         "examples_per_second": round(result.examples_per_second, 1),
@@ -105,6 +115,76 @@ def summarize(
         "weights_sha256": distributed.weights_digest(model.get_weights()),
         **members,
     }
+
+
+def read_inputs(paths: Paths) -> Inputs:
+    """The tokenizer and the encoded training and validation splits."""
+    tokenizer = Tokenizer.load(paths.tokenizer)
+    # Training ids only as wide as the longest text (batches are padded back): a corpus of
+    # short texts takes a fraction of the memory. Validation feeds the ensemble directly.
+    return Inputs(
+        tokenizer,
+        encode_split(paths, "train", tokenizer, trim=True),
+        encode_split(paths, "validation", tokenizer),
+    )
+
+
+def open_backup(
+    directory: Path,
+    params: TrainParams,
+    strategy: tf.distribute.Strategy,
+    inputs: Inputs,
+    *,
+    writer: bool,
+) -> TrainingBackup:
+    """This run's backup in ``directory``: resumed if an earlier run of it left one."""
+    fingerprint = run_fingerprint(params, strategy, inputs.tokenizer, inputs.train)
+    return TrainingBackup(directory, fingerprint=fingerprint, writer=writer)
+
+
+def train_model(
+    params: TrainParams,
+    inputs: Inputs,
+    *,
+    strategy: tf.distribute.Strategy,
+    callbacks: list[keras.callbacks.Callback],
+    backup: TrainingBackup,
+    first_step_marker: Path | None = None,
+) -> TrainResult:
+    """One model backed up every epoch, or an ensemble's members in turn (without backups)."""
+    common = {
+        "tokenizer": inputs.tokenizer,
+        "train": inputs.train,
+        "validation": inputs.validation,
+        "strategy": strategy,
+        "callbacks": callbacks,
+        "first_step_marker": first_step_marker,
+    }
+    if params.ensemble:
+        return fit_ensemble(params, **common)
+    return fit(params, backup=backup, **common)
+
+
+def export(
+    result: TrainResult,
+    model: keras.Model,
+    params: TrainParams,
+    paths: Paths,
+    tokenizer: Tokenizer,
+    *,
+    summary: dict[str, Any],
+) -> None:
+    """Write ``models/classifier``: the model, its tokenizer, history and provenance."""
+    export_classifier(
+        model,
+        tokenizer,
+        paths.classifier_dir,
+        params=to_dict(params),
+        metrics=summary,
+        history=result.history,
+        inputs={"data": paths.processed_dir},
+        root=paths.root,
+    )
 
 
 def train_and_export(
@@ -121,39 +201,73 @@ def train_and_export(
 
     Returns the training summary (also stored in the model's provenance) and the result.
     """
-    tokenizer = Tokenizer.load(paths.tokenizer)
-    # Training ids only as wide as the longest text (batches are padded back): a corpus of
-    # short texts takes a fraction of the memory. Validation feeds the ensemble directly.
-    train = encode_split(paths, "train", tokenizer, trim=True)
-    validation = encode_split(paths, "validation", tokenizer)
-    backup = TrainingBackup(
-        backup_dir or paths.train_backup_dir,
-        fingerprint=run_fingerprint(params, strategy, tokenizer, train),
-        writer=chief,
+    inputs = read_inputs(paths)
+    backup = open_backup(
+        backup_dir or paths.train_backup_dir, params, strategy, inputs, writer=chief
     )
-    result = fit(
+    result = train_model(
         params,
-        tokenizer=tokenizer,
-        train=train,
-        validation=validation,
+        inputs,
         strategy=strategy,
         callbacks=chief_callbacks(params, paths, backup, progress=progress) if chief else [],
-        backup=None if params.ensemble else backup,  # members train without backups
+        backup=backup,
         first_step_marker=first_step_marker,
     )
     model = exportable_model(result, params, strategy)
-    summary = summarize(result, model, params, strategy)
+    summary = summarize(result, model, params, replicas=int(strategy.num_replicas_in_sync))
     if chief:
-        export_classifier(
-            model,
-            tokenizer,
-            paths.classifier_dir,
-            params=to_dict(params),
-            metrics=summary,
-            history=result.history,
-            inputs={"data": paths.processed_dir},
-            root=paths.root,
-        )
+        export(result, model, params, paths, inputs.tokenizer, summary=summary)
     backup.finish()
     log.info("train: %s", summary)
     return summary, result
+
+
+def train_to_storage(
+    params: TrainParams,
+    paths: Paths,
+    *,
+    strategy: tf.distribute.Strategy,
+    storage: Path,
+    writer: bool,
+) -> TrainResult:
+    """Fit with epoch backups in ``storage/backup``; the writer stores the outcome in
+    ``storage/result`` (:func:`store_result`) for a driver on another machine to export.
+
+    A process that was lost and runs again on another node finds the backup and resumes.
+    """
+    inputs = read_inputs(paths)
+    backup = open_backup(storage / "backup", params, strategy, inputs, writer=writer)
+    result = train_model(
+        params,
+        inputs,
+        strategy=strategy,
+        callbacks=[EpochLog(params.epochs)] if writer else [],
+        backup=backup,
+    )
+    if writer:
+        store_result(exportable_model(result, params, strategy), result, storage / "result")
+    backup.finish()
+    return result
+
+
+def store_result(model: keras.Model, result: TrainResult, directory: Path) -> None:
+    """A training's weights and figures, written whole or not at all."""
+    with atomic_dir(directory) as out:
+        np.savez(out / WEIGHTS_FILE, *model.get_weights())
+        figures = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        write_json(out / RESULT_FILE, {k: v for k, v in figures.items() if k != "model"})
+
+
+def load_result(params: TrainParams, inputs: Inputs, directory: Path) -> TrainResult:
+    """What :func:`store_result` stored, its model rebuilt here (ordinary variables)."""
+    if params.ensemble:
+        members = [
+            build_model(params.member(member), inputs.tokenizer, inputs.train[0])
+            for member in params.ensemble
+        ]
+        model = compile_classifier(build_ensemble(members), learning_rate=params.learning_rate)
+    else:
+        model = build_model(params, inputs.tokenizer, inputs.train[0])
+    with np.load(directory / WEIGHTS_FILE) as stored:
+        model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
+    return TrainResult(model=model, **read_json(directory / RESULT_FILE))
