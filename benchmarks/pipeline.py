@@ -9,6 +9,7 @@ Each stage's peak memory (the resident set of its whole process tree) is measure
 Writes reports/benchmarks/pipeline.json and pipeline.md and prints the tables.
 
     .venv/bin/python benchmarks/pipeline.py                    # fresh clone (about 20 minutes)
+    .venv/bin/python benchmarks/pipeline.py --here             # make pipeline here, monitored
     make pipeline 2>&1 | tee pipeline.log
     .venv/bin/python benchmarks/pipeline.py --log pipeline.log  # read that run
 """
@@ -86,27 +87,36 @@ def run_fresh_clone(keep: bool) -> tuple[dict, str]:
         print(f"make venv: {install} s (exit {done.returncode})", flush=True)
         if done.returncode:
             raise SystemExit(f"make venv failed:\n{(done.stdout + done.stderr)[-3000:]}")
-        log = OUT / "pipeline-console.log"
-        measured = run_monitored(["make", "pipeline"], cwd=clone, env=env, log=log)
-        print(f"make pipeline: {measured['seconds']} s (exit {measured['exit_code']})")
-        if measured["exit_code"]:
-            raise SystemExit(f"make pipeline failed:\n{log.read_text()[-3000:]}")
-        memory = {name: stage["peak_gb"] for name, stage in measured["stages"].items()}
-        return {
-            "install_seconds": install,
-            "pipeline_seconds": measured["seconds"],
-            "peak_memory_gb": measured["peak_gb"],
-            "stage_peak_memory_gb": memory,
-        }, log.read_text()
+        return {"install_seconds": install, **monitored_pipeline(clone, env)}, (
+            OUT / "pipeline-console.log"
+        ).read_text()
     finally:
         if not keep:
             shutil.rmtree(where, ignore_errors=True)
+
+
+def monitored_pipeline(project: Path, env: dict[str, str]) -> dict:
+    """`make pipeline` in ``project``, its console in pipeline-console.log, each stage's
+    peak memory measured."""
+    log = OUT / "pipeline-console.log"
+    measured = run_monitored(["make", "pipeline"], cwd=project, env=env, log=log)
+    print(f"make pipeline: {measured['seconds']} s (exit {measured['exit_code']})")
+    if measured["exit_code"]:
+        raise SystemExit(f"make pipeline failed:\n{log.read_text()[-3000:]}")
+    return {
+        "pipeline_seconds": measured["seconds"],
+        "peak_memory_gb": measured["peak_gb"],
+        "stage_peak_memory_gb": {name: s["peak_gb"] for name, s in measured["stages"].items()},
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", type=Path, help="read this captured console; run nothing")
     parser.add_argument("--keep", action="store_true", help="keep the fresh clone afterwards")
+    parser.add_argument(
+        "--here", action="store_true", help="run `make pipeline` in this checkout (no install)"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.log:
@@ -115,6 +125,10 @@ def main() -> int:
         source = "a captured console (pipeline-console.log)"
         if args.log.resolve() != (OUT / "pipeline-console.log").resolve():
             (OUT / "pipeline-console.log").write_text(text)
+    elif args.here:
+        wall = monitored_pipeline(ROOT, dict(os.environ))
+        text = (OUT / "pipeline-console.log").read_text()
+        source = "make pipeline in the checkout, its environment installed"
     else:
         wall, text = run_fresh_clone(args.keep)
         source = "fresh clone: make venv, then make pipeline"
@@ -122,7 +136,7 @@ def main() -> int:
     if not found["stage_seconds"]:
         raise SystemExit("no `stage X: done in N s` line in the console: did the run start?")
     total = (
-        wall["install_seconds"] + wall["pipeline_seconds"]
+        wall.get("install_seconds", 0) + wall["pipeline_seconds"]
         if wall
         else found.get("first_start_to_last_end_seconds")
     )
@@ -136,7 +150,8 @@ def main() -> int:
         "target_seconds": TARGET_SECONDS,
     }
     write_json(OUT / "pipeline.json", result)
-    rows = [{"part": "install (make venv)", "seconds": wall["install_seconds"]}] if wall else []
+    install = wall.get("install_seconds")
+    rows = [{"part": "install (make venv)", "seconds": install}] if install else []
     peaks = wall.get("stage_peak_memory_gb", {})
     rows += [
         {"part": f"stage {s}", "seconds": t, "peak_memory_gb": peaks.get(s)}
