@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument(
         "--no-batching", action="store_true", help="run every request on its own"
     )
+    batching.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="requests waiting for one model at most; more are refused at once with 503 and "
+        "Retry-After (gRPC: RESOURCE_EXHAUSTED), counted in maas_requests_shed_total "
+        "(default: unbounded; a model's config.yaml `max_queue:` overrides)",
+    )
     security = parser.add_argument_group("security")
     security.add_argument(
         "--api-key-file",
@@ -282,6 +290,7 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000,
         api_key_hashes=tuple(hashes),
+        max_queue=args.max_queue,
         grpc=grpc_settings(args),
         limits=Limits(
             max_body_bytes=args.max_body_bytes,

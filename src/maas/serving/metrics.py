@@ -49,6 +49,13 @@ class Metrics:
             ["protocol", "code"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "maas_requests_shed_total",
+            "Requests refused at once because the model's queue was full (503 / "
+            "RESOURCE_EXHAUSTED), by model",
+            ["model"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "maas_batch_size",
             "Texts per model invocation (a batch of coalesced requests)",
