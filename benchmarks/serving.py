@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import shutil
@@ -103,10 +104,14 @@ def repository_of(artifact: Path, root: Path) -> Path:
 class Server:
     """A server process on a free loopback port, ready when ``ready_path`` answers 200."""
 
-    def __init__(self, command: list[str], port: int, ready_path: str, log: Path) -> None:
+    def __init__(
+        self, command: list[str], port: int, ready_path: str, log: Path, env: dict | None = None
+    ) -> None:
         self.port = port
         self._log = log.open("w")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         import httpx
 
         deadline = time.monotonic() + 300
@@ -146,7 +151,7 @@ def requests_for(texts: list[str]) -> list[bytes]:
 
 async def client_loop(port: int, requests: list[bytes], offset: int, deadline: float) -> dict:
     """One keep-alive client: request after request until the deadline."""
-    latencies, errors, writer, reader, i = [], 0, None, None, offset
+    latencies, errors, shed, writer, reader, i = [], 0, 0, None, None, offset
     while time.perf_counter() < deadline:
         if writer is None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -164,15 +169,18 @@ async def client_loop(port: int, requests: list[bytes], offset: int, deadline: f
             writer.close()
             writer = None
             continue
-        latencies.append(time.perf_counter() - start)
-        if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
-            errors += 1
+        if head.startswith(b"HTTP/1.1 503") and re.search(rb"(?i)retry-after:", head):
+            shed += 1  # refused at once by a full queue (load shedding): not an answer
+        else:
+            latencies.append(time.perf_counter() - start)
+            if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+                errors += 1
         if re.search(rb"(?i)connection:\s*close", head) or head.startswith(b"HTTP/1.0"):
             writer.close()
             writer = None
     if writer is not None:
         writer.close()
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "errors": errors, "shed": shed}
 
 
 async def load(port: int, requests: list[bytes], clients: int, duration: float) -> dict:
@@ -187,6 +195,7 @@ async def load(port: int, requests: list[bytes], clients: int, duration: float) 
     return {
         "requests": int(latencies.size),
         "errors": int(sum(r["errors"] for r in results)),
+        "shed": int(sum(r["shed"] for r in results)),  # 503 + Retry-After, not in latencies
         "seconds": round(elapsed, 2),
         "throughput_rps": round(latencies.size / elapsed, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
@@ -299,7 +308,7 @@ def main() -> int:
         "batch_timeout_ms": args.batch_timeout_ms,
         "int8_source": int8_source,
         "texts": len(requests),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs (shared)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "git_revision": git_revision(ROOT),
         "results": rows,
         "best": best["server"],

@@ -163,7 +163,12 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument(
         "--replica-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)"
     )
-    ray.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")
+    ray.add_argument(
+        "--ingress-replicas",
+        type=int,
+        metavar="N",
+        help="HTTP ingress replicas (default: one on every node, beside its proxy)",
+    )
     ray.add_argument(
         "--max-replicas-per-node",
         type=int,

@@ -95,6 +95,16 @@ class Metrics:
             registry=self.registry,
         )
         self._gauge_models: set[str] = set()
+        self.access_log_every = 1  # log one access line in this many (errors: all)
+        self._unlogged = 0
+
+    def sample_access(self, failed: bool) -> bool:
+        """Whether this request's access line is logged: every error, the first and then
+        one in ``access_log_every`` of the rest."""
+        if failed or self.access_log_every <= 1:
+            return True
+        self._unlogged = (self._unlogged + 1) % self.access_log_every
+        return self._unlogged == 1
 
     def set_model_gauges(self, counts: dict[str, tuple[int, int]]) -> None:
         """Per model (available versions, failed versions); models gone lose their series."""
@@ -207,7 +217,7 @@ def record_request(
     metrics.latency.labels(protocol, model, version).observe(seconds)
     if failed:
         metrics.errors.labels(protocol, code).inc()
-    if access_log.isEnabledFor(logging.INFO):
+    if access_log.isEnabledFor(logging.INFO) and metrics.sample_access(failed):
         line = {
             "event": "access",
             **access(),
@@ -216,4 +226,6 @@ def record_request(
             "model": model,
             "version": version,
         }
+        if metrics.access_log_every > 1:  # a sample: one line stands for this many
+            line["sampled_one_in"] = metrics.access_log_every
         access_log.info(json.dumps(line))

@@ -35,7 +35,6 @@ from maas.serving.layout import ModelConfig, Scaling
 from maas.serving.ray.deployments import Ensemble, ModelVersion
 from maas.serving.ray.ingress import (
     NAMESPACE,
-    ON_HEAD,
     Ingress,
     ModelSnapshot,
     ServedVersion,
@@ -47,6 +46,9 @@ from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
 log = logging.getLogger(__name__)
 
 INGRESS_APP = "maas"
+# Ray Serve's own access log (a line per request in the proxy and in every replica) off:
+# maas's access log (sampled in the ingress) and metrics say the same for less CPU.
+QUIET_LOGS = {"enable_access_log": False}
 LOOK_BACK_S = 5.0  # the autoscaler averages ongoing requests over this window
 METRICS_INTERVAL_S = 1.0  # how often replicas report them (Ray's default, 10 s, is slow)
 
@@ -64,11 +66,15 @@ class RayOptions:
     object_store_bytes: int | None = 256 * 1024**2  # a local Ray's object store
     replica_cpus: float = 1.0  # CPUs each model replica reserves
     scaling: Scaling = field(default_factory=Scaling)  # models without `scaling:` in config
-    ingress_replicas: int = 1
+    ingress_replicas: int | None = None  # None: one per node (at start), beside its proxy
     max_replicas_per_node: int | None = None  # 1: every replica of a version on its own node
     deploy_timeout_s: float = 180.0  # a version not answering by then failed to load
     drain_s: float = 3.0  # unrouted -> deleted: in-flight requests finish meanwhile
     ensembles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> members
+
+    def __post_init__(self) -> None:
+        if self.ingress_replicas is not None and self.ingress_replicas < 1:
+            raise ValueError(f"--ingress-replicas must be >= 1, got {self.ingress_replicas}")
 
 
 def app_name(model: str, version: int) -> str:
@@ -97,9 +103,9 @@ def connect(options: RayOptions) -> bool:
         check_reachable(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return False
-    from maas.serving.ray.cluster import SLOW_MACHINE_ENV
+    from maas.serving.ray.cluster import SERVE_ENV, SLOW_MACHINE_ENV
 
-    for name, value in SLOW_MACHINE_ENV.items():
+    for name, value in {**SLOW_MACHINE_ENV, **SERVE_ENV}.items():
         os.environ.setdefault(name, value)
     try:
         ray.init(
@@ -141,16 +147,23 @@ def check_resources(options: RayOptions) -> None:
 
 
 def ingress_deployment(options: RayOptions):
-    """The ingress as a Serve deployment: no CPU reserved (it only awaits the models), on the
-    head beside the only proxy, so a worker node's loss never takes it."""
+    """The ingress as a Serve deployment: no CPU reserved (it only awaits the models), by
+    default one replica on every node, beside that node's proxy (``proxy_location
+    EveryNode``), which routes to it first: the front door grows with the nodes."""
+    import ray
     from ray import serve
 
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    replicas = options.ingress_replicas or max(1, nodes)
+    per_node = {"max_replicas_per_node": 1} if replicas <= nodes else {}
     return serve.deployment(
         serve.ingress()(Ingress),
         name="Ingress",
-        num_replicas=options.ingress_replicas,
-        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD},
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1024,
+        logging_config=QUIET_LOGS,
+        **per_node,
     )
 
 
@@ -201,7 +214,7 @@ class RayController:
         http = {"host": host, "port": port}
         if ssl_files:
             http.update(ssl_certfile=ssl_files[0], ssl_keyfile=ssl_files[1])
-        serve.start(http_options=http, proxy_location="HeadOnly")
+        serve.start(http_options=http, proxy_location="EveryNode", logging_config=QUIET_LOGS)
         self.started = True
         serve.run(
             ingress_deployment(self.options).bind(self.config), name=INGRESS_APP, route_prefix="/"
@@ -327,7 +340,9 @@ class RayController:
     def _bind_version(self, scaling: Scaling, folder: Path, name: str = "ModelVersion"):
         """A :class:`ModelVersion` deployment of ``folder``, bound, not yet deployed."""
         deployment = self._deployment(scaling, name)
-        return deployment.bind(str(folder), self._batch, self.config.batch_timeout_s)
+        # The ingress forms the batches; a replica only joins the ones that queue while its
+        # model is busy, and never waits for more (a second window would add its wait).
+        return deployment.bind(str(folder), self._batch, 0.0)
 
     def _deployment(self, scaling: Scaling, name: str):
         from ray import serve
@@ -347,6 +362,7 @@ class RayController:
             health_check_period_s=2.0,
             health_check_timeout_s=5.0,  # a replica lost with its node is replaced sooner
             graceful_shutdown_timeout_s=10.0,
+            logging_config=QUIET_LOGS,
         )
 
     def _deploy(self, app: str, folder: Path, scaling: Scaling, *, blocking: bool) -> None:
@@ -408,7 +424,11 @@ class RayController:
             for member, loaded in served.items()
         ]
         ensemble = serve.deployment(
-            Ensemble, name="Ensemble", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
+            Ensemble,
+            name="Ensemble",
+            ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=256,
+            logging_config=QUIET_LOGS,
         )
         versions = {member: loaded.version for member, loaded in served.items()}
         return f"maas.ensemble.{name}", ensemble.bind(*bound), versions
