@@ -149,8 +149,14 @@ def requests_for(texts: list[str]) -> list[bytes]:
     return out
 
 
-async def client_loop(port: int, requests: list[bytes], offset: int, deadline: float) -> dict:
-    """One keep-alive client: request after request until the deadline."""
+async def client_loop(
+    port: int, requests: list[bytes], offset: int, deadline: float, backoff: bool = False
+) -> dict:
+    """One keep-alive client: request after request until the deadline.
+
+    ``backoff``: after a 503 with ``Retry-After``, wait that long first (a polite client);
+    otherwise send again at once.
+    """
     latencies, errors, shed, writer, reader, i = [], 0, 0, None, None, offset
     while time.perf_counter() < deadline:
         if writer is None:
@@ -169,8 +175,11 @@ async def client_loop(port: int, requests: list[bytes], offset: int, deadline: f
             writer.close()
             writer = None
             continue
-        if head.startswith(b"HTTP/1.1 503") and re.search(rb"(?i)retry-after:", head):
+        retry_after = re.search(rb"(?i)retry-after:\s*(\d+)", head)
+        if head.startswith(b"HTTP/1.1 503") and retry_after:
             shed += 1  # refused at once by a full queue (load shedding): not an answer
+            if backoff:
+                await asyncio.sleep(min(float(retry_after[1]), deadline - time.perf_counter()))
         else:
             latencies.append(time.perf_counter() - start)
             if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
@@ -183,11 +192,14 @@ async def client_loop(port: int, requests: list[bytes], offset: int, deadline: f
     return {"latencies": latencies, "errors": errors, "shed": shed}
 
 
-async def load(port: int, requests: list[bytes], clients: int, duration: float) -> dict:
+async def load(
+    port: int, requests: list[bytes], clients: int, duration: float, backoff: bool = False
+) -> dict:
     deadline = time.perf_counter() + duration
     start = time.perf_counter()
+    loops = (client_loop(port, requests, k * 7, deadline, backoff) for k in range(clients))
     results = await asyncio.wait_for(
-        asyncio.gather(*(client_loop(port, requests, k * 7, deadline) for k in range(clients))),
+        asyncio.gather(*loops),
         timeout=duration + 120,  # bounded even if a server hangs
     )
     elapsed = time.perf_counter() - start
