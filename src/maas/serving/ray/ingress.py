@@ -173,7 +173,7 @@ class RayDataPlane(ServedModels):
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__()
-        self.config = config
+        self.server_config = config  # (``config`` is the lookup of a model's config)
         self.metrics = Metrics()  # replaced by the server's own when its lifespan starts
         self._predictors: dict[str, HandlePredictor] = {}
 
@@ -198,7 +198,7 @@ class RayDataPlane(ServedModels):
     def _loaded(self, model: str, version: int, info: ServedVersion) -> LoadedVersion:
         predictor = self._predictors.get(info.app)
         if predictor is None:
-            predictor = HandlePredictor(info.app, model, version, self.metrics, self.config)
+            predictor = HandlePredictor(info.app, model, version, self.metrics, self.server_config)
             self._predictors[info.app] = predictor
         return LoadedVersion(
             model=model,
