@@ -74,7 +74,7 @@ def role(process) -> str:
         return "other"
     if "ProxyActor" in name:
         return "proxy"
-    if "ServeReplica:maas:Ingress" in name:
+    if "ServeReplica:maas:Ingress" in name or "HttpFront" in name:
         return "ingress"
     if "ServeReplica:maas." in name:
         return "model replicas"

@@ -34,7 +34,7 @@ from maas.serving import layout  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
 
 PORT = 8600
-URL = f"https://127.0.0.1:{PORT}"  # TLS at Ray Serve's proxy, API keys at the ingress
+URL = f"https://127.0.0.1:{PORT}"  # TLS and API keys at the front door of every node
 API_KEY = "ray-scenario-key"
 KEYS_ENV = "MAAS_RAY_SCENARIO_KEYS"
 TLS: dict[str, Path] = {}  # the throwaway CA and server certificate, made in main()
@@ -112,7 +112,7 @@ class Observer:
         found: dict = {"head": head, "ingress": [], "routing": []}
         for actor in state.actors(actor_state_name="ALIVE").values():
             name = actor.get("ActorClassName", "")
-            if name.startswith("ServeReplica:maas:Ingress"):
+            if name == "HttpFront":  # the front doors, one a node
                 found["ingress"].append(actor["Address"]["NodeID"])
             elif name == "RoutingTable":
                 found["routing"].append(actor["Address"]["NodeID"])
@@ -434,7 +434,7 @@ def main() -> int:
         os.environ[KEYS_ENV] = API_KEY  # the server's key, and `maas models --api-key-env`'s
         registry_artifacts = [args.lite, args.second_artifact]
         # The cluster's address from RAY_ADDRESS (bad_input passes --address), the key hashed
-        # from the environment, TLS at the proxy: what an operator runs on a real cluster.
+        # from the environment, TLS at the front doors: what an operator runs on a real cluster.
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
         env["RAY_ADDRESS"] = cluster.address
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]

@@ -164,12 +164,6 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         "--replica-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)"
     )
     ray.add_argument(
-        "--ingress-replicas",
-        type=int,
-        metavar="N",
-        help="HTTP ingress replicas (default: one on every node, beside its proxy)",
-    )
-    ray.add_argument(
         "--max-replicas-per-node",
         type=int,
         metavar="N",
@@ -216,7 +210,6 @@ def ray_options(args: argparse.Namespace):  # -> RayOptions (imported lazily: Ra
         num_cpus=args.num_cpus,
         object_store_bytes=args.object_store_mb * 1024**2,
         replica_cpus=args.replica_cpus,
-        ingress_replicas=args.ingress_replicas,
         max_replicas_per_node=args.max_replicas_per_node,
         scaling=Scaling(
             min_replicas=args.min_replicas,

@@ -37,9 +37,9 @@ SLOW_MACHINE_ENV = {
 }
 # Ray Serve's throughput-optimized settings (router and user code on the replica's own event
 # loop, gRPC between deployments, buffered request-path logs, no logs copied to stderr, GC
-# frozen after start-up), minus direct ingress: the proxy stays the front door, where TLS
-# terminates. Read by every Serve process when it starts: a cluster started elsewhere needs
-# them in its nodes' environment.
+# frozen after start-up), minus direct ingress (the front door is maas's own,
+# maas.serving.ray.front, or, under a RayService, Ray Serve's proxy). Read by every Serve
+# process when it starts: a cluster started elsewhere needs them in its nodes' environment.
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
