@@ -458,12 +458,12 @@ def main() -> int:
     requests = requests_for(sample_texts())
     work = Path(tempfile.mkdtemp(prefix="maas-scale-"))  # kept, with the logs, on failure
     rows, rollback = local_rows(args, requests, work)
+    ray, extra = ray_rows(args, requests, work)
     if args.baseline_src:
         before, extra_before = ray_rows(
             args, requests, work, label="ray before", src=args.baseline_src.resolve()
         )
-        rows += before
-    ray, extra = ray_rows(args, requests, work)
+        ray += before
     extra["rollback_local"] = rollback
     if args.baseline_src:
         extra["before"] = extra_before

@@ -404,6 +404,8 @@ def bad_input(cluster: LocalCluster, repo: Path, work: Path) -> dict:
     for name, extra in {
         "unreachable": ["--address", "127.0.0.1:1"],
         "resources": ["--address", cluster.address, "--replica-cpus", "64"],
+        "busy_port": ["--address", cluster.address, "--port", str(PORT)],  # the server's
+        "max_queue": ["--address", cluster.address, "--max-queue", "0"],
     }.items():
         run = subprocess.run([*serve, *extra], capture_output=True, text=True, timeout=300)
         results[name] = {"code": run.returncode, "log": run.stderr[-3000:]}

@@ -163,6 +163,10 @@ def test_bad_addresses_and_resources_give_clear_errors(scenario):
     assert "no Ray cluster answers at 127.0.0.1:1" in record["unreachable"]["log"]
     assert record["resources"]["code"] == 2
     assert "largest node" in record["resources"]["log"]
+    assert record["busy_port"]["code"] == 2
+    assert "another server listens there" in record["busy_port"]["log"], record["busy_port"]
+    assert record["max_queue"]["code"] == 2
+    assert "--max-queue must be a positive integer" in record["max_queue"]["log"]
     assert record["serving_before"] and record["still_serving"] == record["serving_before"]
 
 

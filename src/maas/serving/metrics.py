@@ -2,9 +2,11 @@
 
 :class:`Metrics` owns its own registry (two servers in one process, as in the tests, do not
 share counters). :class:`ObservabilityMiddleware` wraps the whole application: per request
-it counts, times and logs one JSON line on the ``maas.access`` logger. The model and version
-that served a request are not known from its URL alone (a label, or the latest version), so
-handlers note them in the ASGI scope with :func:`note_model` and the middleware reads them.
+it counts, times and logs one JSON line on the ``maas.access`` logger (or one in
+``Metrics.access_log_every``, and every error: the Ray engine's fronts sample it). The model
+and version that served a request are not known from its URL alone (a label, or the latest
+version), so handlers note them in the ASGI scope with :func:`note_model` and the middleware
+reads them.
 """
 
 from __future__ import annotations

@@ -479,8 +479,9 @@ def sync_handle(app: str) -> Any:
     whatever ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` chose for the replicas' handles."""
     from ray import serve
 
-    handle = serve.get_app_handle(app)
-    handle._init(_run_router_in_separate_loop=True)
+    handle = serve.get_app_handle(app)  # the same object for the same app, once made
+    if not handle.is_initialized:
+        handle._init(_run_router_in_separate_loop=True)
     return handle
 
 
