@@ -317,9 +317,9 @@ def local_rows(args, requests, work: Path) -> list[dict]:
 def projection(rows: list[dict], label: str = "ray") -> list[dict]:
     """Answers per second on N nodes of 2 cores, from the measured CPU cost per request.
 
-    Every node runs a proxy and an ingress beside its replicas (``proxy_location
-    EveryNode``, one ingress per node), so every role's cost spreads over the nodes: no head
-    cap. The head's Serve controller, GCS and routing table are off the request path.
+    Every node runs its front door (HTTP and batching) beside its replicas, so every role's
+    cost spreads over the nodes: no head cap. The head's Serve controller, GCS and routing
+    table are off the request path.
     """
     ray = [
         r
@@ -387,12 +387,21 @@ def report(rows: list[dict], extra: dict, args) -> str:
     single = {r["clients"]: r for r in rows if r["server"] == "maas serve"}
     ray1 = {r["clients"]: r for r in rows if r["server"] == "ray, 1 replica"}
     overhead = round(ray1[1]["p50_ms"] - single[1]["p50_ms"], 1) if 1 in ray1 else None
+    before = {r["clients"]: r for r in rows if r["server"] == "ray before, 1 replica"}
+    if 1 in before:
+        overhead = f"{overhead} (before: {round(before[1]['p50_ms'] - single[1]['p50_ms'], 1)})"
     lines = [
         "# Scale-out: maas serve vs Ray Serve",
         "",
         f"Artifact `{args.artifact}`; {args.duration:g} s per run after {args.warmup:g} s of "
-        "warm-up; one text per request (`POST /predict`); 2 shared CPU cores, Ray on a head "
-        "and a second node (both on this machine) in a private network namespace.",
+        "warm-up; one text per request (`POST /predict`); 2 CPU cores shared with other "
+        "work (and with the load generator): compare within this run. Ray on a head and a "
+        "second node (both on this machine) in a private network namespace. 'ray': this "
+        "tree's engine (a front door on every node, batching before the handle hop, Ray "
+        "Serve's throughput-optimized settings); 'ray before': the engine of "
+        f"`{args.baseline_src}` with Ray Serve's defaults (its HTTP proxy and ingress on the "
+        "head). Roles: 'ingress' is the front doors (or the ingress replica), 'proxy' Ray "
+        "Serve's HTTP proxy.",
         "",
         markdown_table(table),
         "",
@@ -417,9 +426,9 @@ def report(rows: list[dict], extra: dict, args) -> str:
         "",
         "From the CPU cost per request of every process of the server and the cluster, "
         "measured with 2 replicas at the highest load. Assumptions: the work is CPU-bound "
-        "(nodes of 2 cores, as here); every node runs its own proxy and ingress "
-        "(`proxy_location: EveryNode`, one ingress per node, which its proxy prefers), so "
-        "every role's cost is spread over the nodes and nothing caps the cluster at the head; "
+        "(nodes of 2 cores, as here); every node runs its own front door (an `HttpFront`: "
+        "HTTP, API keys, batching, the handle calls) beside its replicas, so every role's "
+        "cost is spread over the nodes and nothing caps the cluster at the head; "
         "clients are spread over the nodes' proxies by a load balancer or DNS; the head's "
         "Serve controller, GCS and routing table are off the request path (a routing "
         "snapshot is read every 0.2 s per ingress, not per request); replicas prefer the "

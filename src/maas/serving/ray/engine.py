@@ -217,9 +217,10 @@ class RayController:
 
         check_port_free(host, port)  # before anything starts: a clear error, nothing to undo
         self.table = routing_table()
-        serve.start(proxy_location="Disabled", logging_config=QUIET_LOGS)
         self.fronts = Fronts(self.config, host, port, ssl_files)
-        self.fronts.ensure()
+        self.fronts.launch()  # they start while Serve's controller does
+        serve.start(proxy_location="Disabled", logging_config=QUIET_LOGS)
+        self.fronts.wait()
         scheme = "https" if ssl_files else "http"
         log.info(
             "front doors on %d nodes at %s://%s:%d", len(self.fronts.actors), scheme, host, port

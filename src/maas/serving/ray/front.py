@@ -128,6 +128,7 @@ class Fronts:
     ) -> None:
         self.config, self.host, self.port, self.ssl_files = config, host, port, ssl_files
         self.actors: dict[str, Any] = {}  # node id -> actor
+        self._starting: dict[str, tuple[Any, Any]] = {}  # node id -> (actor, its start call)
 
     def ensure(self, timeout: float = START_TIMEOUT_S) -> list[str]:
         """Start a front on every alive node that has none; return the nodes just started.
@@ -135,14 +136,18 @@ class Fronts:
         Raises:
             FrontError: a front could not listen (the port busy, the host not the node's).
         """
+        self.launch()
+        return self.wait(timeout)
+
+    def launch(self) -> None:
+        """Ask for a front on every alive node that has none, without waiting for them."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
         self.actors = {node: actor for node, actor in self.actors.items() if node in alive}
-        started = {}
         for node in alive:
-            if node in self.actors:
+            if node in self.actors or node in self._starting:
                 continue
             actor = (
                 ray.remote(HttpFront)
@@ -155,15 +160,25 @@ class Fronts:
                 )
                 .remote(self.config, self.host, self.port, self.ssl_files)
             )
-            started[node] = (actor, actor.start.remote())
+            self._starting[node] = (actor, actor.start.remote())
+
+    def wait(self, timeout: float = START_TIMEOUT_S) -> list[str]:
+        """Wait for the fronts launched; return their nodes (``FrontError``: one failed)."""
+        import ray
+
+        started, self._starting = self._starting, {}
+        failures = []
         for node, (actor, ready) in started.items():
             try:
                 ray.get(ready, timeout=timeout)
-            except Exception as error:
+            except Exception as error:  # this node's front only: the others are kept
                 ray.kill(actor)
                 cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
-                raise FrontError(f"no front door on node {node[:12]}: {cause}") from error
+                failures.append(f"no front door on node {node[:12]}: {cause}")
+                continue
             self.actors[node] = actor
+        if failures:
+            raise FrontError("; ".join(failures))
         return list(started)
 
     def stop(self, timeout: float = 30.0) -> None:
