@@ -6,8 +6,8 @@ seconds after a warm-up). KServe runs from a throwaway virtual environment with 
 installed (``--kserve-python``; never the project's), TensorFlow from the project's
 (``benchmarks/kserve_server.py``). maas runs under ``benchmarks/tail_probe.py``, which
 records the event loop's lag and every garbage collection's pause, in variants that each
-take one suspect away: the access log, the batch window, garbage collection (objects frozen
-after loading), batching itself. KServe binds every interface: the script starts itself
+change one suspect: the heap frozen after loading (the default) or not, the access log, the
+batch window, batching itself. KServe binds every interface: the script starts itself
 again in a private network namespace (``../shared/tools/in-private-network``).
 
 Writes ``reports/benchmarks/tail.{json,md}``.
@@ -45,13 +45,9 @@ PATH = "/v1/models/classifier:predict"
 # name -> (extra `maas serve` flags, probe environment)
 VARIANTS = {
     "maas serve (defaults)": ([], {}),
+    "maas, heap not frozen (before)": ([], {"MAAS_PROBE_GC_UNFREEZE": "1"}),
     "maas, no access log": ([], {"MAAS_PROBE_NO_ACCESS_LOG": "1"}),
-    "maas, no access log, GC frozen": (
-        [], {"MAAS_PROBE_NO_ACCESS_LOG": "1", "MAAS_PROBE_GC_FREEZE": "1"}
-    ),
-    "maas, no access log, batch window 0": (
-        ["--batch-timeout-ms", "0"], {"MAAS_PROBE_NO_ACCESS_LOG": "1"}
-    ),
+    "maas, batch window 0": (["--batch-timeout-ms", "0"], {}),
     "maas, no batching": (["--no-batching"], {}),
 }  # fmt: skip
 

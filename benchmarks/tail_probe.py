@@ -4,8 +4,8 @@
 records, until it exits, every garbage collection's pause (by generation) and the event
 loop's lag (how late a 5 ms sleep wakes up: the time the loop was busy with something else),
 into the JSON file ``$MAAS_PROBE_OUT``. ``MAAS_PROBE_NO_ACCESS_LOG=1`` turns the access log
-off; ``MAAS_PROBE_GC_FREEZE=1`` freezes the objects alive once the models are loaded (later
-collections skip them, as Ray Serve's ``RAY_SERVE_FREEZE_GC_ON_STARTUP`` does).
+off; ``MAAS_PROBE_GC_UNFREEZE=1`` unfreezes what the server froze once the models were
+loaded (:func:`maas.serving.app.freeze_heap`), so that collections walk it all again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -53,9 +54,9 @@ def probed(make_lifespan):
             async with inner(app):
                 while not state.repository.polls:  # loading in the background
                     await asyncio.sleep(0.1)
-                if os.environ.get("MAAS_PROBE_GC_FREEZE") == "1":
-                    gc.collect()
-                    gc.freeze()
+                await asyncio.sleep(2.0)  # the server freezes its heap just after loading
+                if os.environ.get("MAAS_PROBE_GC_UNFREEZE") == "1":
+                    gc.unfreeze()  # as before the server froze its heap after loading
                 PAUSES.clear()
                 task = asyncio.create_task(watch_loop())
                 yield
@@ -95,9 +96,16 @@ def write_summary() -> None:
             json.dump(summary(), handle)
 
 
+def on_term(signum, frame) -> None:
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again with the handler it
+    # found (this one): without it the process would end by the signal, skipping atexit.
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     gc.callbacks.append(on_gc)
     atexit.register(write_summary)
+    signal.signal(signal.SIGTERM, on_term)
     app_module.make_lifespan = probed(app_module.make_lifespan)
     if os.environ.get("MAAS_PROBE_NO_ACCESS_LOG") == "1":
         logging.getLogger("maas.access").setLevel(logging.WARNING)

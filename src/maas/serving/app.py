@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -209,10 +210,35 @@ async def _metrics_endpoint(request: Request) -> Response:
 
 
 async def _poll_once(state: ServerState) -> None:
+    before = _loaded_versions(state.repository)
     dropped = await asyncio.to_thread(state.repository.poll)
     for loaded in dropped:
         await loaded.predictor.close()  # finishes the requests it holds
     update_model_gauges(state)
+    if _loaded_versions(state.repository) != before:
+        freeze_heap()
+
+
+def _loaded_versions(repository: ServedModels) -> set[tuple[str, int]]:
+    return {
+        (name, version)
+        for name in repository.model_names()
+        for version in [*repository.served(name), *repository.warm(name)]
+    }
+
+
+def freeze_heap() -> None:
+    """Collect once, then keep every object alive now out of later collections.
+
+    A full collection walks every tracked object: with a SavedModel loaded (its graphs are
+    hundreds of thousands of Python objects) one took 0.4 to 0.75 s here, under load, every
+    few seconds, and stalled every request in flight: the p99 at 64 clients. Frozen objects
+    are skipped. Done after each load or unload (unfreezing first, so that a dropped
+    version's cycles are still freed), which costs one such collection then.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _poll_forever(state: ServerState, interval: float, *, first_now: bool) -> None:
