@@ -138,14 +138,19 @@ class Server:
 
 
 def requests_for(texts: list[str]) -> list[bytes]:
+    return raw_posts("/predict", [{"text": text} for text in texts])
+
+
+def raw_posts(path: str, bodies: list[dict]) -> list[bytes]:
+    """Raw HTTP/1.1 requests posting each JSON body to ``path`` (for the load generator)."""
     out = []
-    for text in texts:
-        body = json.dumps({"text": text}).encode()
+    for body in bodies:
+        data = json.dumps(body).encode()
         head = (
-            "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
         )
-        out.append(head.encode() + body)
+        out.append(head.encode() + data)
     return out
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serving import Server, load, sample_texts  # noqa: E402
+from serving import Server, load, raw_posts, sample_texts  # noqa: E402
 
 from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
@@ -50,18 +50,6 @@ VARIANTS = {
     "maas, batch window 0": (["--batch-timeout-ms", "0"], {}),
     "maas, no batching": (["--no-batching"], {}),
 }  # fmt: skip
-
-
-def v1_requests(texts: list[str]) -> list[bytes]:
-    out = []
-    for text in texts:
-        body = json.dumps({"instances": [text]}).encode()
-        head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        out.append(head.encode() + body)
-    return out
 
 
 def measure(name: str, server: Server, requests, args) -> dict:
@@ -156,7 +144,7 @@ def main() -> int:
         command = [str(PRIVATE_NETWORK), sys.executable, str(Path(__file__).resolve())]
         return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
     args.saved_model = args.saved_model.resolve()
-    requests = v1_requests(sample_texts())
+    requests = raw_posts(PATH, [{"instances": [text]} for text in sample_texts()])
     work = Path(tempfile.mkdtemp(prefix="maas-tail-"))
     rows = [kserve_row(args, requests, work)]
     for name in args.variants:
