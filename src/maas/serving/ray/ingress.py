@@ -107,8 +107,12 @@ class HandlePredictor:
     ) -> None:
         from ray import serve
 
-        # A replica on this node first: no hop to another machine when one is here.
-        self.handle = serve.get_app_handle(app).options(_prefer_local_routing=True)
+        # One handle object per app in a process: initialised once (a version that comes
+        # back, a rollback, finds it so), to prefer a replica on this node: no hop to
+        # another machine when one is here.
+        self.handle = serve.get_app_handle(app)
+        if not self.handle.is_initialized:
+            self.handle._init(_prefer_local_routing=True)
         self.app, self.model, self.version, self.metrics = app, model, version, metrics
         self.batcher = None
         if config.batching:
