@@ -360,10 +360,14 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     with client() as http:
         for _ in range(60):  # the replicas gauge on /metrics while Ray notices and reacts
             time.sleep(0.5)
-            text = http.get("/metrics").text
+            try:
+                text = http.get("/metrics").text
+            except httpx.TransportError:  # its front died with the node: the next one answers
+                continue
             gauges += [line for line in text.splitlines() if line.startswith(prefix)]
         after_node = observer.replicas(app)
         loaded = load.stop()
+    with client() as http:  # a new connection: to a front that is still up
         metrics = http.get("/metrics").text
     return {
         "spread": spread, "victim": victim, "killed_at": killed_at, "back": back,
