@@ -243,7 +243,11 @@ def keep_warm_rollback(port: int, repo: Path, artifact: Path, extra_config: str 
 
 # The Ray engine as it was before this benchmark's changes: its source folder (--baseline-src)
 # on the nodes' and the server's PYTHONPATH, and Ray Serve's default settings.
-BASELINE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+BASELINE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
+}
 
 
 def ray_rows(

@@ -36,13 +36,16 @@ SLOW_MACHINE_ENV = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
 }
 # Ray Serve's throughput-optimized settings (router and user code on the replica's own event
-# loop, gRPC between deployments, buffered request-path logs, no logs copied to stderr, GC
-# frozen after start-up), minus direct ingress (the front door is maas's own,
-# maas.serving.ray.front, or, under a RayService, Ray Serve's proxy). Read by every Serve
-# process when it starts: a cluster started elsewhere needs them in its nodes' environment.
+# loop, gRPC between deployments, buffered request-path logs, GC frozen after start-up),
+# minus direct ingress (the front door is maas's own, maas.serving.ray.front, or, under a
+# RayService, Ray Serve's proxy) and with Serve's logs still on stderr: its access logs are
+# off (engine.QUIET_LOGS), and what is left, a replica lost or replaced, belongs in the
+# server's log. Read by every Serve process when it starts: a cluster started elsewhere
+# needs them in its nodes' environment.
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
 }
 
 
