@@ -74,7 +74,7 @@ def role(process) -> str:
         return "other"
     if "ProxyActor" in name:
         return "proxy"
-    if "ServeReplica:maas:Ingress" in name:
+    if "ServeReplica:maas:Ingress" in name or "HttpFront" in name:
         return "ingress"
     if "ServeReplica:maas." in name:
         return "model replicas"
@@ -140,6 +140,12 @@ class Replicas:
         import ray
 
         ray.init(address=address, logging_level="ERROR", namespace="benchmark")
+
+    @staticmethod
+    def disconnect() -> None:
+        import ray
+
+        ray.shutdown()  # this driver only: the next cluster gets a fresh connection
 
     def __call__(self) -> list[dict]:
         from ray._private import state
@@ -235,11 +241,25 @@ def keep_warm_rollback(port: int, repo: Path, artifact: Path, extra_config: str 
             "requests": result["load"]["requests"]}  # fmt: skip
 
 
-def ray_rows(args, requests, work: Path) -> tuple[list[dict], dict]:
+# The Ray engine as it was before this benchmark's changes: its source folder (--baseline-src)
+# on the nodes' and the server's PYTHONPATH, and Ray Serve's default settings.
+BASELINE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
+}
+
+
+def ray_rows(
+    args, requests, work: Path, *, label: str = "ray", src: Path | None = None
+) -> tuple[list[dict], dict]:
+    """Rows of the Ray engine (``src``: another source tree of maas, e.g. the baseline)."""
+    work = work / label.replace(" ", "-").replace(",", "")
     repo = work / "ray-repo"
     shutil.copytree(args.artifact, repo / "classifier" / "1")
     write_scaling(repo, 1)
-    cluster = LocalCluster(work / "cluster", object_store_mb=100)
+    env = {**BASELINE_ENV, "PYTHONPATH": str(src)} if src else {}
+    cluster = LocalCluster(work / "cluster", object_store_mb=100, env=env)
     rows, extra = [], {}
     server = None
     try:
@@ -250,20 +270,22 @@ def ray_rows(args, requests, work: Path) -> tuple[list[dict], dict]:
         command += ["--engine", "ray", "--address", cluster.address, "--port", str(port)]
         command += ["--poll-interval", "0.5", "--replica-cpus", "1"]
         start = time.monotonic()
-        server = Server(command, port, "/v2/health/ready", work / "ray-server.log")
+        server = Server(command, port, "/v2/health/ready", work / "ray-server.log", env=env)
         extra["ray_startup_s"] = round(time.monotonic() - start, 1)
         replicas = Replicas(cluster.address)
         roots = [server.process.pid, *(p for n in range(2) for p in cluster.node_pids(n)[:1])]
         for clients in args.clients:
-            rows.append(measure("ray, 1 replica", port, roots, requests, clients, args))
-        rows.append(measure("ray, 1 replica", port, roots, requests, 1, args))
+            rows.append(measure(f"{label}, 1 replica", port, roots, requests, clients, args))
+        rows.append(measure(f"{label}, 1 replica", port, roots, requests, 1, args))
         extra["replica_memory_mb"] = replica_memory_mb(replicas)
         write_scaling(repo, 2)
         extra["new_replica_s"] = round(wait_replicas(replicas, 2), 1)
         extra["replica_nodes"] = len({r["node"] for r in replicas()})
         for clients in args.clients:
-            rows.append(measure("ray, 2 replicas", port, roots, requests, clients, args))
+            rows.append(measure(f"{label}, 2 replicas", port, roots, requests, clients, args))
         extra["replica_memory_mb"] += replica_memory_mb(replicas)
+        if args.quick:
+            return rows, extra
         write_scaling(repo, 1, max=2, target=2, down=4)
         wait_replicas(replicas, 1)
         steps = [(4, 8), (32, args.ramp_seconds), (0, 20)]
@@ -273,6 +295,7 @@ def ray_rows(args, requests, work: Path) -> tuple[list[dict], dict]:
     finally:
         if server is not None:
             server.stop()
+        Replicas.disconnect()
         cluster.stop()
     return rows, extra
 
@@ -289,36 +312,50 @@ def local_rows(args, requests, work: Path) -> list[dict]:
             measure("maas serve", port, [server.process.pid], requests, clients, args)
             for clients in [*args.clients, 1]
         ]
-        rollback = keep_warm_rollback(port, repo, args.artifact)
+        rollback = None if args.quick else keep_warm_rollback(port, repo, args.artifact)
     finally:
         server.stop()
     return rows, rollback
 
 
-def projection(rows: list[dict]) -> list[dict]:
-    """Answers per second on N nodes of 2 cores, from the measured CPU cost per request."""
+def projection(rows: list[dict], label: str = "ray") -> list[dict]:
+    """Answers per second on N nodes of 2 cores, from the measured CPU cost per request.
+
+    Every node runs its front door (HTTP and batching) beside its replicas, so every role's
+    cost spreads over the nodes: no head cap. The head's Serve controller, GCS and routing
+    table are off the request path.
+    """
     ray = [
         r
         for r in rows
-        if r["server"].startswith("ray, 2") and r["clients"] == max(x["clients"] for x in rows)
+        if r["server"] == f"{label}, 2 replicas"
+        and r["clients"] == max(x["clients"] for x in rows)
     ]
     if not ray:
         return []
-    by_role = ray[0]["cpu_ms_by_role"]
-    replica_ms = by_role.get("model replicas", 0.0)
-    front_ms = by_role.get("proxy", 0.0) + by_role.get("ingress", 0.0)
-    out = []
-    for nodes in (1, 2, 4, 8, 16):
-        # Replicas on every node's 2 cores; one proxy and ingress per node (proxy_location
-        # EveryNode) scale with them; the head's controller is off the request path.
-        per_request_ms = replica_ms + front_ms
-        rps = nodes * 2 * 1000 / per_request_ms if per_request_ms else 0.0
-        head_bound = 2 * 1000 / front_ms if front_ms else float("inf")  # HeadOnly proxy
-        out.append({
-            "nodes": nodes, "projected_rps_every_node_proxy": round(rps),
-            "projected_rps_head_only_proxy": round(min(rps, head_bound)),
-        })  # fmt: skip
-    return out
+    per_request_ms = ray[0]["cpu_s_per_request_ms"]  # every role, the load generator aside
+    return [
+        {"nodes": nodes, "cores": 2 * nodes,
+         "projected_rps": round(nodes * 2 * 1000 / per_request_ms) if per_request_ms else 0}
+        for nodes in (1, 2, 4, 8, 16)
+    ]  # fmt: skip
+
+
+def targets(rows: list[dict], extra: dict, clients: int) -> list[dict]:
+    """The issue's targets, each with its measured value (Ray: this tree's engine)."""
+    single = next(r for r in rows if r["server"] == "maas serve" and r["clients"] == clients)
+    ray = next(r for r in rows if r["server"] == "ray, 1 replica" and r["clients"] == clients)
+    cpu = ray["cpu_s_per_request_ms"] / single["cpu_s_per_request_ms"]
+    rate = ray["throughput_rps"] / single["throughput_rps"]
+    startup = extra.get("ray_startup_s")
+    return [
+        {"target": f"Ray CPU per request at {clients} clients <= 3x single process",
+         "measured": f"{cpu:.2f}x", "met": cpu <= 3},
+        {"target": "one Ray replica >= 0.5x single-process throughput",
+         "measured": f"{rate:.2f}x", "met": rate >= 0.5},
+        {"target": "Ray start-up to ready < 20 s", "measured": f"{startup} s",
+         "met": startup is not None and startup < 20},
+    ]  # fmt: skip
 
 
 def figure(rows: list[dict], extra: dict, path: Path) -> None:
@@ -354,12 +391,21 @@ def report(rows: list[dict], extra: dict, args) -> str:
     single = {r["clients"]: r for r in rows if r["server"] == "maas serve"}
     ray1 = {r["clients"]: r for r in rows if r["server"] == "ray, 1 replica"}
     overhead = round(ray1[1]["p50_ms"] - single[1]["p50_ms"], 1) if 1 in ray1 else None
+    before = {r["clients"]: r for r in rows if r["server"] == "ray before, 1 replica"}
+    if 1 in before:
+        overhead = f"{overhead} (before: {round(before[1]['p50_ms'] - single[1]['p50_ms'], 1)})"
     lines = [
         "# Scale-out: maas serve vs Ray Serve",
         "",
         f"Artifact `{args.artifact}`; {args.duration:g} s per run after {args.warmup:g} s of "
-        "warm-up; one text per request (`POST /predict`); 2 shared CPU cores, Ray on a head "
-        "and a second node (both on this machine) in a private network namespace.",
+        "warm-up; one text per request (`POST /predict`); 2 CPU cores shared with other "
+        "work (and with the load generator): compare within this run. Ray on a head and a "
+        "second node (both on this machine) in a private network namespace. 'ray': this "
+        "tree's engine (a front door on every node, batching before the handle hop, Ray "
+        "Serve's throughput-optimized settings); 'ray before': the engine of "
+        f"`{args.baseline_src}` with Ray Serve's defaults (its HTTP proxy and ingress on the "
+        "head). Roles: 'ingress' is the front doors (or the ingress replica), 'proxy' Ray "
+        "Serve's HTTP proxy.",
         "",
         markdown_table(table),
         "",
@@ -370,17 +416,28 @@ def report(rows: list[dict], extra: dict, args) -> str:
         f"- Memory per model replica (RSS, MB): {extra.get('replica_memory_mb')}",
         f"- A new replica answers {extra.get('new_replica_s')} s after it is asked for "
         f"(min_replicas 1 -> 2); the 2 replicas on {extra.get('replica_nodes')} nodes",
-        f"- Ray server start-up (cluster up) to ready: {extra.get('ray_startup_s')} s",
+        f"- Ray server start-up (cluster up) to ready: {extra.get('ray_startup_s')} s"
+        + (f" (before: {extra['before'].get('ray_startup_s')} s)" if "before" in extra else ""),
         f"- Keep-warm rollback (config.yaml written -> first answer from the old version, "
         f"4 clients meanwhile, servers polling every 0.5 s): single process "
         f"{extra.get('rollback_local')}, Ray {extra.get('rollback_ray')}",
         "",
+        "## Targets",
+        "",
+        markdown_table(extra["targets"]),
+        "",
         "## Projection to N nodes (on paper)",
         "",
-        "From the CPU cost per request measured with 2 replicas at the highest load: the model "
-        "replicas' share scales with the nodes; the proxy and ingress share scales too if a "
-        "proxy runs on every node (`proxy_location: EveryNode`), and bounds the cluster at "
-        "one node's cores if only the head proxies (`HeadOnly`, this server's default).",
+        "From the CPU cost per request of every process of the server and the cluster, "
+        "measured with 2 replicas at the highest load. Assumptions: the work is CPU-bound "
+        "(nodes of 2 cores, as here); every node runs its own front door (an `HttpFront`: "
+        "HTTP, API keys, batching, the handle calls) beside its replicas, so every role's "
+        "cost is spread over the nodes and nothing caps the cluster at the head; "
+        "clients are spread over the nodes' proxies by a load balancer or DNS; the head's "
+        "Serve controller, GCS and routing table are off the request path (a routing "
+        "snapshot is read every 0.2 s per ingress, not per request); replicas prefer the "
+        "local node's, so no request crosses nodes. The network and the load balancer are "
+        "not counted.",
         "",
         markdown_table(extra.get("projection", [])) if extra.get("projection") else "(none)",
         "",
@@ -396,6 +453,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ramp-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also measure the Ray engine of this maas source tree (its src/ folder), with "
+        "Ray Serve's default settings, side by side ('ray before')",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="throughput only: no autoscaling timeline, rollback"
+    )
     args = parser.parse_args()
     if os.environ.get(INSIDE) != "1":
         env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
@@ -406,10 +472,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="maas-scale-"))  # kept, with the logs, on failure
     rows, rollback = local_rows(args, requests, work)
     ray, extra = ray_rows(args, requests, work)
+    if args.baseline_src:
+        before, extra_before = ray_rows(
+            args, requests, work, label="ray before", src=args.baseline_src.resolve()
+        )
+        ray += before
     extra["rollback_local"] = rollback
+    if args.baseline_src:
+        extra["before"] = extra_before
     shutil.rmtree(work, ignore_errors=True)
     rows += ray
     extra["projection"] = projection(rows)
+    extra["targets"] = targets(rows, extra, max(args.clients))
     record = {
         "rows": rows, **extra, "machine": platform.machine(), "cpus": os.cpu_count(),
         "git_revision": git_revision(), "args": {k: str(v) for k, v in vars(args).items()},

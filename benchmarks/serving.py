@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import shutil
@@ -103,10 +104,14 @@ def repository_of(artifact: Path, root: Path) -> Path:
 class Server:
     """A server process on a free loopback port, ready when ``ready_path`` answers 200."""
 
-    def __init__(self, command: list[str], port: int, ready_path: str, log: Path) -> None:
+    def __init__(
+        self, command: list[str], port: int, ready_path: str, log: Path, env: dict | None = None
+    ) -> None:
         self.port = port
         self._log = log.open("w")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         import httpx
 
         deadline = time.monotonic() + 300
@@ -133,20 +138,31 @@ class Server:
 
 
 def requests_for(texts: list[str]) -> list[bytes]:
+    return raw_posts("/predict", [{"text": text} for text in texts])
+
+
+def raw_posts(path: str, bodies: list[dict]) -> list[bytes]:
+    """Raw HTTP/1.1 requests posting each JSON body to ``path`` (for the load generator)."""
     out = []
-    for text in texts:
-        body = json.dumps({"text": text}).encode()
+    for body in bodies:
+        data = json.dumps(body).encode()
         head = (
-            "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
         )
-        out.append(head.encode() + body)
+        out.append(head.encode() + data)
     return out
 
 
-async def client_loop(port: int, requests: list[bytes], offset: int, deadline: float) -> dict:
-    """One keep-alive client: request after request until the deadline."""
-    latencies, errors, writer, reader, i = [], 0, None, None, offset
+async def client_loop(
+    port: int, requests: list[bytes], offset: int, deadline: float, backoff: bool = False
+) -> dict:
+    """One keep-alive client: request after request until the deadline.
+
+    ``backoff``: after a 503 with ``Retry-After``, wait that long first (a polite client);
+    otherwise send again at once.
+    """
+    latencies, errors, shed, writer, reader, i = [], 0, 0, None, None, offset
     while time.perf_counter() < deadline:
         if writer is None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -164,22 +180,31 @@ async def client_loop(port: int, requests: list[bytes], offset: int, deadline: f
             writer.close()
             writer = None
             continue
-        latencies.append(time.perf_counter() - start)
-        if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
-            errors += 1
+        retry_after = re.search(rb"(?i)retry-after:\s*(\d+)", head)
+        if head.startswith(b"HTTP/1.1 503") and retry_after:
+            shed += 1  # refused at once by a full queue (load shedding): not an answer
+            if backoff:
+                await asyncio.sleep(min(float(retry_after[1]), deadline - time.perf_counter()))
+        else:
+            latencies.append(time.perf_counter() - start)
+            if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+                errors += 1
         if re.search(rb"(?i)connection:\s*close", head) or head.startswith(b"HTTP/1.0"):
             writer.close()
             writer = None
     if writer is not None:
         writer.close()
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "errors": errors, "shed": shed}
 
 
-async def load(port: int, requests: list[bytes], clients: int, duration: float) -> dict:
+async def load(
+    port: int, requests: list[bytes], clients: int, duration: float, backoff: bool = False
+) -> dict:
     deadline = time.perf_counter() + duration
     start = time.perf_counter()
+    loops = (client_loop(port, requests, k * 7, deadline, backoff) for k in range(clients))
     results = await asyncio.wait_for(
-        asyncio.gather(*(client_loop(port, requests, k * 7, deadline) for k in range(clients))),
+        asyncio.gather(*loops),
         timeout=duration + 120,  # bounded even if a server hangs
     )
     elapsed = time.perf_counter() - start
@@ -187,6 +212,7 @@ async def load(port: int, requests: list[bytes], clients: int, duration: float) 
     return {
         "requests": int(latencies.size),
         "errors": int(sum(r["errors"] for r in results)),
+        "shed": int(sum(r["shed"] for r in results)),  # 503 + Retry-After, not in latencies
         "seconds": round(elapsed, 2),
         "throughput_rps": round(latencies.size / elapsed, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
@@ -299,7 +325,7 @@ def main() -> int:
         "batch_timeout_ms": args.batch_timeout_ms,
         "int8_source": int8_source,
         "texts": len(requests),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs (shared)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "git_revision": git_revision(ROOT),
         "results": rows,
         "best": best["server"],

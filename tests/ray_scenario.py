@@ -34,7 +34,7 @@ from maas.serving import layout  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
 
 PORT = 8600
-URL = f"https://127.0.0.1:{PORT}"  # TLS at Ray Serve's proxy, API keys at the ingress
+URL = f"https://127.0.0.1:{PORT}"  # TLS and API keys at the front door of every node
 API_KEY = "ray-scenario-key"
 KEYS_ENV = "MAAS_RAY_SCENARIO_KEYS"
 TLS: dict[str, Path] = {}  # the throwaway CA and server certificate, made in main()
@@ -112,7 +112,7 @@ class Observer:
         found: dict = {"head": head, "ingress": [], "routing": []}
         for actor in state.actors(actor_state_name="ALIVE").values():
             name = actor.get("ActorClassName", "")
-            if name.startswith("ServeReplica:maas:Ingress"):
+            if name == "HttpFront":  # the front doors, one a node
                 found["ingress"].append(actor["Address"]["NodeID"])
             elif name == "RoutingTable":
                 found["routing"].append(actor["Address"]["NodeID"])
@@ -361,10 +361,14 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     with client() as http:
         for _ in range(60):  # the replicas gauge on /metrics while Ray notices and reacts
             time.sleep(0.5)
-            text = http.get("/metrics").text
+            try:
+                text = http.get("/metrics").text
+            except httpx.TransportError:  # its front died with the node: the next one answers
+                continue
             gauges += [line for line in text.splitlines() if line.startswith(prefix)]
         after_node = observer.replicas(app)
         loaded = load.stop()
+    with client() as http:  # a new connection: to a front that is still up
         metrics = http.get("/metrics").text
     return {
         "spread": spread, "victim": victim, "killed_at": killed_at, "back": back,
@@ -405,6 +409,8 @@ def bad_input(cluster: LocalCluster, repo: Path, work: Path) -> dict:
     for name, extra in {
         "unreachable": ["--address", "127.0.0.1:1"],
         "resources": ["--address", cluster.address, "--replica-cpus", "64"],
+        "busy_port": ["--address", cluster.address, "--port", str(PORT)],  # the server's
+        "max_queue": ["--address", cluster.address, "--max-queue", "0"],
     }.items():
         run = subprocess.run([*serve, *extra], capture_output=True, text=True, timeout=300)
         results[name] = {"code": run.returncode, "log": run.stderr[-3000:]}
@@ -435,7 +441,7 @@ def main() -> int:
         os.environ[KEYS_ENV] = API_KEY  # the server's key, and `maas models --api-key-env`'s
         registry_artifacts = [args.lite, args.second_artifact]
         # The cluster's address from RAY_ADDRESS (bad_input passes --address), the key hashed
-        # from the environment, TLS at the proxy: what an operator runs on a real cluster.
+        # from the environment, TLS at the front doors: what an operator runs on a real cluster.
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
         env["RAY_ADDRESS"] = cluster.address
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from maas.serving.batching import DirectPredictor, DynamicBatcher
+from maas.serving.batching import AwaitingBatcher, DirectPredictor, DynamicBatcher
 from maas.serving.errors import VersionUnloaded
 
 
@@ -155,3 +155,29 @@ def test_direct_predictor_and_observer():
 def test_bad_batcher_arguments(kwargs):
     with pytest.raises(ValueError):
         DynamicBatcher(FakeModel(), **kwargs)
+
+
+def test_an_awaiting_batcher_makes_one_call_per_batch_several_at_once():
+    calls: list[int] = []
+    in_flight, most = [0], [0]
+
+    async def remote(texts):  # a replica: 50 ms a call, whatever its size
+        calls.append(len(texts))
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0.05)
+        in_flight[0] -= 1
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    async def scenario():
+        batcher = AwaitingBatcher(remote, max_batch_size=4, max_wait_s=0.01, max_in_flight=3)
+        texts = [["a" * i] for i in range(1, 25)]
+        results = await asyncio.gather(*(batcher.predict(t) for t in texts))
+        await batcher.close()
+        return texts, results
+
+    texts, results = run(scenario())
+    for request, rows in zip(texts, results, strict=True):
+        assert rows[:, 0].tolist() == [len(t) for t in request]
+    assert sum(calls) == 24 and max(calls) <= 4 and len(calls) <= 8  # one call per batch
+    assert most[0] == 3  # batches overlap, up to the bound

@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument(
         "--no-batching", action="store_true", help="run every request on its own"
     )
+    batching.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="requests waiting for one model at most; more are refused at once with 503 and "
+        "Retry-After (gRPC: RESOURCE_EXHAUSTED), counted in maas_requests_shed_total "
+        "(default: unbounded; a model's config.yaml `max_queue:` overrides)",
+    )
     security = parser.add_argument_group("security")
     security.add_argument(
         "--api-key-file",
@@ -155,7 +163,6 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument(
         "--replica-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)"
     )
-    ray.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")
     ray.add_argument(
         "--max-replicas-per-node",
         type=int,
@@ -203,7 +210,6 @@ def ray_options(args: argparse.Namespace):  # -> RayOptions (imported lazily: Ra
         num_cpus=args.num_cpus,
         object_store_bytes=args.object_store_mb * 1024**2,
         replica_cpus=args.replica_cpus,
-        ingress_replicas=args.ingress_replicas,
         max_replicas_per_node=args.max_replicas_per_node,
         scaling=Scaling(
             min_replicas=args.min_replicas,
@@ -282,6 +288,7 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000,
         api_key_hashes=tuple(hashes),
+        max_queue=args.max_queue,
         grpc=grpc_settings(args),
         limits=Limits(
             max_body_bytes=args.max_body_bytes,

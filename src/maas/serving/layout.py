@@ -11,6 +11,8 @@ Layout::
     versions: [3]              # with `specific`: exactly these versions are served
     labels: {stable: 2, canary: 3}
     keep_previous: 1           # versions kept loaded after they stop serving (0: none)
+    max_queue: 64              # requests waiting for this model at most; more get 503 at once
+                               # (default: the server's --max-queue; none: unbounded)
     scaling:                   # replicas of each version (the Ray engine; all optional)
       min_replicas: 1
       max_replicas: 4
@@ -117,6 +119,7 @@ class ModelConfig:
     labels: Mapping[str, int] = field(default_factory=dict)
     keep_previous: int = 0  # versions that stay loaded after they stop serving
     scaling: Scaling | None = None  # None: the engine's defaults
+    max_queue: int | None = None  # None: the server's --max-queue
 
     @classmethod
     def parse(cls, raw: Any, *, where: str) -> ModelConfig:
@@ -125,7 +128,7 @@ class ModelConfig:
             raw = {}
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-        known = {"version_policy", "versions", "labels", "keep_previous", "scaling"}
+        known = {"version_policy", "versions", "labels", "keep_previous", "scaling", "max_queue"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key {unknown[0]!r}")
@@ -149,7 +152,10 @@ class ModelConfig:
         scaling = raw.get("scaling")
         if scaling is not None:
             scaling = Scaling.parse(scaling, where=where)
-        return cls(policy, tuple(versions), dict(labels), keep_previous, scaling)
+        max_queue = raw.get("max_queue")
+        if max_queue is not None:
+            max_queue = check_max_queue(max_queue, where=f"{where}: max_queue")
+        return cls(policy, tuple(versions), dict(labels), keep_previous, scaling, max_queue)
 
     def select(self, on_disk: list[int]) -> list[int]:
         """The versions this policy may serve, newest first.
@@ -160,6 +166,15 @@ class ModelConfig:
         if self.version_policy == "specific":
             return sorted(self.versions, reverse=True)
         return sorted(on_disk, reverse=True)
+
+
+def check_max_queue(value: Any, *, where: str = "max_queue") -> int:
+    """A queue bound (``--max-queue``, ``max_queue:``): a positive integer, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{where} must be a positive integer (requests waiting at most), got {value!r}"
+        )
+    return value
 
 
 def check_model_name(name: str) -> None:
@@ -266,13 +281,14 @@ def read_config_bytes(model_dir: str | Path) -> bytes | None:
 def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
     """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically.
 
-    ``keep_previous`` and ``scaling`` of the config in force are kept.
+    ``keep_previous``, ``scaling`` and ``max_queue`` of the config in force are kept.
     """
     config = {"version_policy": "specific", "versions": [version], "labels": {label: version}}
     with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError):
         existing = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
         if isinstance(existing, dict):
-            config.update({k: existing[k] for k in ("keep_previous", "scaling") if k in existing})
+            kept = ("keep_previous", "scaling", "max_queue")
+            config.update({k: existing[k] for k in kept if k in existing})
     ModelConfig.parse(config, where=CONFIG_FILE)  # what is written must be what the server reads
     text = yaml.safe_dump(config, sort_keys=False).encode()
     return write_bytes(Path(model_dir) / CONFIG_FILE, text)

@@ -1,4 +1,4 @@
-"""Request limits: body size, texts per request, characters per text.
+"""Request limits: body size, texts per request, characters per text, requests per model queue.
 
 The body limit is an ASGI middleware that answers 413 before the application reads
 anything: when ``Content-Length`` is over the limit, or as soon as a chunked body passes it.
@@ -6,19 +6,22 @@ It first reads and discards the rest of the body, up to a bound (as nginx's ling
 does): a server that closes while the client is still sending resets the connection, and
 over TLS the client then sees a connection error instead of the 413. The text limits are
 checked by :func:`check_texts`, which every protocol calls on the texts it parsed, so all
-protocols refuse the same things with the same words.
+protocols refuse the same things with the same words. :class:`QueueLimit` bounds the
+requests waiting for each model (``--max-queue``, ``max_queue:`` in its ``config.yaml``) and
+refuses the rest at once with :class:`~maas.serving.errors.Overloaded`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maas.serving.errors import ServingError
+from maas.serving.errors import Overloaded, ServingError
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,43 @@ def check_texts(texts: Sequence[object], limits: Limits) -> list[str]:
                 f"text {index} has {len(text)} characters; the limit is {limits.max_text_chars}",
             )
     return list(texts)  # type: ignore[arg-type]
+
+
+class QueueLimit:
+    """Requests admitted to each model and not yet answered, bounded per model.
+
+    A request counts from the moment it asks for the model until its answer is computed:
+    queued in the batcher, in the batch that runs, or (Ray) on its way to a replica. Only the
+    event loop's thread calls :meth:`admit`, so the counts need no lock.
+
+    Args:
+        default: the bound of models whose ``config.yaml`` names none (None: unbounded).
+        retry_after_s: what ``Retry-After`` tells a refused client.
+    """
+
+    def __init__(self, default: int | None = None, *, retry_after_s: int = 1) -> None:
+        self.default = default
+        self.retry_after_s = retry_after_s
+        self.waiting: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def admit(self, model: str, bound: int | None) -> Iterator[None]:
+        """Count one request of ``model`` while the block runs, or raise
+        :class:`~maas.serving.errors.Overloaded` at once when ``bound`` (else the default)
+        requests are already waiting."""
+        limit = bound if bound is not None else self.default
+        count = self.waiting.get(model, 0)
+        if limit is not None and count >= limit:
+            raise Overloaded(
+                f"model {model!r} is overloaded: {count} requests waiting "
+                f"(max_queue {limit}); retry after {self.retry_after_s} s",
+                retry_after_s=self.retry_after_s,
+            )
+        self.waiting[model] = count + 1
+        try:
+            yield
+        finally:
+            self.waiting[model] -= 1
 
 
 class BodySizeLimitMiddleware:

@@ -2,9 +2,11 @@
 
 :class:`Metrics` owns its own registry (two servers in one process, as in the tests, do not
 share counters). :class:`ObservabilityMiddleware` wraps the whole application: per request
-it counts, times and logs one JSON line on the ``maas.access`` logger. The model and version
-that served a request are not known from its URL alone (a label, or the latest version), so
-handlers note them in the ASGI scope with :func:`note_model` and the middleware reads them.
+it counts, times and logs one JSON line on the ``maas.access`` logger (or one in
+``Metrics.access_log_every``, and every error: the Ray engine's fronts sample it). The model
+and version that served a request are not known from its URL alone (a label, or the latest
+version), so handlers note them in the ASGI scope with :func:`note_model` and the middleware
+reads them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class Metrics:
             ["protocol", "code"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "maas_requests_shed_total",
+            "Requests refused at once because the model's queue was full (503 / "
+            "RESOURCE_EXHAUSTED), by model",
+            ["model"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "maas_batch_size",
             "Texts per model invocation (a batch of coalesced requests)",
@@ -88,6 +97,16 @@ class Metrics:
             registry=self.registry,
         )
         self._gauge_models: set[str] = set()
+        self.access_log_every = 1  # log one access line in this many (errors: all)
+        self._unlogged = 0
+
+    def sample_access(self, failed: bool) -> bool:
+        """Whether this request's access line is logged: every error, the first and then
+        one in ``access_log_every`` of the rest."""
+        if failed or self.access_log_every <= 1:
+            return True
+        self._unlogged = (self._unlogged + 1) % self.access_log_every
+        return self._unlogged == 1
 
     def set_model_gauges(self, counts: dict[str, tuple[int, int]]) -> None:
         """Per model (available versions, failed versions); models gone lose their series."""
@@ -200,7 +219,7 @@ def record_request(
     metrics.latency.labels(protocol, model, version).observe(seconds)
     if failed:
         metrics.errors.labels(protocol, code).inc()
-    if access_log.isEnabledFor(logging.INFO):
+    if access_log.isEnabledFor(logging.INFO) and metrics.sample_access(failed):
         line = {
             "event": "access",
             **access(),
@@ -209,4 +228,6 @@ def record_request(
             "model": model,
             "version": version,
         }
+        if metrics.access_log_every > 1:  # a sample: one line stands for this many
+            line["sampled_one_in"] = metrics.access_log_every
         access_log.info(json.dumps(line))

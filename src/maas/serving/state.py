@@ -2,21 +2,22 @@
 
 :func:`predict_texts` is the one path from texts to predictions for every protocol (REST
 through :func:`classify`, gRPC directly): it
-notes which version serves the request (metrics, access log), runs the texts through that
-version's predictor (a batcher or a direct call) and returns the probabilities with the
-argmax class of each text.
+notes which version serves the request (metrics, access log), admits it to the model's
+bounded queue (or refuses it at once, counted in ``maas_requests_shed_total``), runs the
+texts through that version's predictor (a batcher or a direct call) and returns the
+probabilities with the argmax class of each text.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.requests import Request
 
-from maas.serving.errors import ServingError, VersionUnloaded
-from maas.serving.limits import Limits
+from maas.serving.errors import Overloaded, ServingError, VersionUnloaded
+from maas.serving.limits import Limits, QueueLimit
 from maas.serving.metrics import Metrics, note_model
 from maas.serving.repository import LoadedVersion, ServedModels
 
@@ -47,6 +48,7 @@ class ServerState:
     limits: Limits
     metrics: Metrics
     default_model: str | None  # the seed API's model when a request names none
+    queue: QueueLimit = field(default_factory=QueueLimit)  # requests waiting, per model
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,28 @@ def is_ready(repository: ServedModels) -> bool:
 
 async def classify(request: Request, loaded: LoadedVersion, texts: list[str]) -> Predictions:
     """Run ``texts`` through a loaded version (batched with concurrent requests, if enabled)."""
-    return await predict_texts(request.scope, loaded, texts)
+    return await predict_texts(server_state(request), request.scope, loaded, texts)
 
 
 async def predict_texts(
-    notes: MutableMapping, loaded: LoadedVersion, texts: list[str]
+    state: ServerState, notes: MutableMapping, loaded: LoadedVersion, texts: list[str]
 ) -> Predictions:
-    """:func:`classify` for any protocol: ``notes`` receives the model and version served."""
+    """:func:`classify` for any protocol: ``notes`` receives the model and version served.
+
+    Raises:
+        Overloaded: the model's queue is full (answered at once, counted in the metrics).
+    """
     note_model(notes, loaded.model, loaded.version)
     try:
-        probabilities = await loaded.predictor.predict(texts)
+        bound = state.repository.config(loaded.model)[0].max_queue
+    except ServingError:  # the model left the repository meanwhile: its predictor says so
+        bound = None
+    try:
+        with state.queue.admit(loaded.model, bound):
+            probabilities = await loaded.predictor.predict(texts)
+    except Overloaded:
+        state.metrics.shed.labels(loaded.model).inc()
+        raise
     except VersionUnloaded as error:  # unloaded between lookup and call: rare; retryable
         raise ServingError(503, f"model {loaded.model!r}: {error}; retry") from error
     probabilities = np.asarray(probabilities, dtype=np.float32)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from maas.serving.auth import KeyChecker, presented_key
-from maas.serving.errors import ServingError
+from maas.serving.errors import Overloaded, ServingError
 from maas.serving.metrics import SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 return await behavior(request, context)
+            except Overloaded as error:  # the queue is full: the client should back off
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                retry = (("retry-after", str(error.retry_after_s)),)
+                await context.abort(code, error.message, trailing_metadata=retry)
             except ServingError as error:
                 code = STATUS_CODES.get(error.status_code, grpc.StatusCode.UNKNOWN)
                 await context.abort(code, error.message)

@@ -134,7 +134,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         texts = check_texts(request_texts(request), self.state.limits)
         names = protocol_v2.check_outputs([output.name for output in request.outputs])
-        predictions = await predict_texts(call_notes(), loaded, texts)
+        predictions = await predict_texts(self.state, call_notes(), loaded, texts)
         raw = wants_raw_outputs(request)
         response = pb.ModelInferResponse(
             model_name=loaded.model, model_version=str(loaded.version), id=request.id

@@ -111,7 +111,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         loaded = _resolve(self.state, request.model_spec)
         texts = check_texts(request_texts(request), self.state.limits)
         names = select_outputs(list(request.output_filter), OUTPUT_NAMES)
-        predictions = await predict_texts(call_notes(), loaded, texts)
+        predictions = await predict_texts(self.state, call_notes(), loaded, texts)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.model
         response.model_spec.version.value = loaded.version

@@ -35,6 +35,18 @@ SLOW_MACHINE_ENV = {
     # under load one took 37 s to import and bind here, and `serve.start` then failed.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
 }
+# Ray Serve's throughput-optimized settings (router and user code on the replica's own event
+# loop, gRPC between deployments, buffered request-path logs, GC frozen after start-up),
+# minus direct ingress (the front door is maas's own, maas.serving.ray.front, or, under a
+# RayService, Ray Serve's proxy) and with Serve's logs still on stderr: its access logs are
+# off (engine.QUIET_LOGS), and what is left, a replica lost or replaced, belongs in the
+# server's log. Read by every Serve process when it starts: a cluster started elsewhere
+# needs them in its nodes' environment.
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
+}
 
 
 class LocalCluster:
@@ -44,14 +56,24 @@ class LocalCluster:
         work: folder for the nodes' logs.
         port: the head's GCS port.
         object_store_mb: each node's object store.
+        env: more environment for the nodes (over this process's, ``SLOW_MACHINE_ENV`` and
+            ``SERVE_ENV``).
     """
 
-    def __init__(self, work: Path, *, port: int = 6379, object_store_mb: int = 100) -> None:
+    def __init__(
+        self,
+        work: Path,
+        *,
+        port: int = 6379,
+        object_store_mb: int = 100,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.object_store_mb = object_store_mb
+        self.env = {**os.environ, **SLOW_MACHINE_ENV, **SERVE_ENV, **(env or {})}
         # Short: Ray's socket paths must fit in 107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
@@ -90,9 +112,8 @@ class LocalCluster:
         command += ["--head", "--port", str(self.port)] if head else ["--address", self.address]
         index = len(self.nodes)
         log_file = (self.work / f"node{index}.log").open("a")
-        env = {**os.environ, **SLOW_MACHINE_ENV}
         self.nodes.append(
-            subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env)
         )
         self._logs.append(log_file)
         return index

@@ -1,8 +1,9 @@
 """``maas serve --engine ray``: the controller that keeps Ray Serve in line with the repository.
 
 The process that runs :func:`serve` connects to Ray (a local one it starts, or the cluster at
-``--address`` / ``RAY_ADDRESS``), starts Ray Serve's HTTP proxy on ``--host``/``--port`` and
-deploys the ingress (:mod:`maas.serving.ray.ingress`). It then polls the model repository
+``--address`` / ``RAY_ADDRESS``), starts Ray Serve (without its HTTP proxies) and a front
+door on every node (:mod:`maas.serving.ray.front`: the ingress application of
+:mod:`maas.serving.ray.ingress` on ``--host``/``--port``). It then polls the model repository
 with the same :class:`maas.serving.repository.ModelRepository` as the single-process server,
 whose loader here *deploys* each version as a Ray Serve application (one
 :class:`maas.serving.ray.deployments.ModelVersion` deployment, autoscaled by the model's
@@ -33,9 +34,9 @@ from maas.serving.app import ServerConfig
 from maas.serving.errors import ServingError
 from maas.serving.layout import ModelConfig, Scaling
 from maas.serving.ray.deployments import Ensemble, ModelVersion
+from maas.serving.ray.front import FrontError, Fronts, check_port_free
 from maas.serving.ray.ingress import (
     NAMESPACE,
-    ON_HEAD,
     Ingress,
     ModelSnapshot,
     ServedVersion,
@@ -46,7 +47,9 @@ from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
 
 log = logging.getLogger(__name__)
 
-INGRESS_APP = "maas"
+# Ray Serve's own access log (a line per request in the proxy and in every replica) off:
+# maas's access log (sampled in the ingress) and metrics say the same for less CPU.
+QUIET_LOGS = {"enable_access_log": False}
 LOOK_BACK_S = 5.0  # the autoscaler averages ongoing requests over this window
 METRICS_INTERVAL_S = 1.0  # how often replicas report them (Ray's default, 10 s, is slow)
 
@@ -64,11 +67,15 @@ class RayOptions:
     object_store_bytes: int | None = 256 * 1024**2  # a local Ray's object store
     replica_cpus: float = 1.0  # CPUs each model replica reserves
     scaling: Scaling = field(default_factory=Scaling)  # models without `scaling:` in config
-    ingress_replicas: int = 1
+    ingress_replicas: int | None = None  # None: one per node (at start), beside its proxy
     max_replicas_per_node: int | None = None  # 1: every replica of a version on its own node
     deploy_timeout_s: float = 180.0  # a version not answering by then failed to load
     drain_s: float = 3.0  # unrouted -> deleted: in-flight requests finish meanwhile
     ensembles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> members
+
+    def __post_init__(self) -> None:
+        if self.ingress_replicas is not None and self.ingress_replicas < 1:
+            raise ValueError(f"--ingress-replicas must be >= 1, got {self.ingress_replicas}")
 
 
 def app_name(model: str, version: int) -> str:
@@ -97,9 +104,9 @@ def connect(options: RayOptions) -> bool:
         check_reachable(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return False
-    from maas.serving.ray.cluster import SLOW_MACHINE_ENV
+    from maas.serving.ray.cluster import SERVE_ENV, SLOW_MACHINE_ENV
 
-    for name, value in SLOW_MACHINE_ENV.items():
+    for name, value in {**SLOW_MACHINE_ENV, **SERVE_ENV}.items():
         os.environ.setdefault(name, value)
     try:
         ray.init(
@@ -141,16 +148,24 @@ def check_resources(options: RayOptions) -> None:
 
 
 def ingress_deployment(options: RayOptions):
-    """The ingress as a Serve deployment: no CPU reserved (it only awaits the models), on the
-    head beside the only proxy, so a worker node's loss never takes it."""
+    """The ingress as a Serve deployment, behind Ray Serve's proxies (a RayService's front
+    door, :mod:`maas.serving.ray.service`): no CPU reserved (it only awaits the models), by
+    default one replica on every node, beside that node's proxy (``proxy_location
+    EveryNode``), which routes to it first."""
+    import ray
     from ray import serve
 
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    replicas = options.ingress_replicas or max(1, nodes)
+    per_node = {"max_replicas_per_node": 1} if replicas <= nodes else {}
     return serve.deployment(
         serve.ingress()(Ingress),
         name="Ingress",
-        num_replicas=options.ingress_replicas,
-        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD},
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1024,
+        logging_config=QUIET_LOGS,
+        **per_node,
     )
 
 
@@ -158,12 +173,10 @@ class ControllerRuntime:
     """A version deployed on Ray, as the controller's repository sees it (for warm-up)."""
 
     def __init__(self, app: str, labels: list[str], kind: str) -> None:
-        from ray import serve
-
         self.app = app
         self.labels = tuple(labels)
         self.kind = kind
-        self._handle = serve.get_app_handle(app)
+        self._handle = sync_handle(app)
 
     def predict(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._handle.predict.remote(list(texts)).result(), dtype=np.float32)
@@ -190,32 +203,38 @@ class RayController:
         # Redeploying an ensemble takes seconds under load: done beside the polling loop, in
         # order, so that a version switch meanwhile still reaches the ingresses at once.
         self._redeploys = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensemble")
-        self.started = False  # whether this controller deployed the ingress
+        self.fronts: Fronts | None = None  # the front doors, when this controller runs them
 
     # ---- start and stop ---------------------------------------------------------------
 
     def start(self, host: str, port: int, ssl_files: tuple[str, str] | None = None) -> None:
+        """Ray Serve without its HTTP proxies, and a front door on every node.
+
+        Raises:
+            FrontError: the port is taken, or a front could not listen on a node.
+        """
         from ray import serve
 
+        check_port_free(host, port)  # before anything starts: a clear error, nothing to undo
         self.table = routing_table()
-        http = {"host": host, "port": port}
-        if ssl_files:
-            http.update(ssl_certfile=ssl_files[0], ssl_keyfile=ssl_files[1])
-        serve.start(http_options=http, proxy_location="HeadOnly")
-        self.started = True
-        serve.run(
-            ingress_deployment(self.options).bind(self.config), name=INGRESS_APP, route_prefix="/"
+        self.fronts = Fronts(self.config, host, port, ssl_files)
+        self.fronts.launch()  # they start while Serve's controller does
+        serve.start(proxy_location="Disabled", logging_config=QUIET_LOGS)
+        self.fronts.wait()
+        scheme = "https" if ssl_files else "http"
+        log.info(
+            "front doors on %d nodes at %s://%s:%d", len(self.fronts.actors), scheme, host, port
         )
-        log.info("Ray Serve ingress on %s:%d", host, port)
 
     def shutdown(self) -> None:
-        """Delete the applications this controller deployed (the cluster keeps running)."""
+        """Stop the fronts and delete the applications this controller deployed (the cluster
+        keeps running)."""
         from ray import serve
 
+        if self.fronts is not None:
+            self.fronts.stop()
         self._redeploys.shutdown(wait=True, cancel_futures=True)
         apps = {*self.applied, *(app for _, app in self.pending_deletes)}
-        if self.started:
-            apps.add(INGRESS_APP)
         for app in sorted(apps):
             try:
                 serve.delete(app, _blocking=False)
@@ -226,6 +245,7 @@ class RayController:
 
     def step(self) -> None:
         """Poll the repository, rescale served versions, publish, delete drained apps."""
+        self._ensure_fronts()
         dropped = self.repository.poll()
         for loaded in dropped:
             self._delete_later(loaded.runtime.app)
@@ -234,6 +254,16 @@ class RayController:
         if self._follow_ensembles():
             self.publish()
         self._delete_due()
+
+    def _ensure_fronts(self) -> None:
+        """A node that joined gets its front door; one that cannot listen is reported."""
+        if self.fronts is None:
+            return
+        try:
+            for node in self.fronts.ensure():
+                log.info("front door started on node %s", node[:12])
+        except FrontError as error:  # the other fronts keep serving
+            log.error("%s", error)
 
     def attach(self) -> None:
         """Use the routing table without deploying the ingress (it is deployed elsewhere)."""
@@ -327,7 +357,9 @@ class RayController:
     def _bind_version(self, scaling: Scaling, folder: Path, name: str = "ModelVersion"):
         """A :class:`ModelVersion` deployment of ``folder``, bound, not yet deployed."""
         deployment = self._deployment(scaling, name)
-        return deployment.bind(str(folder), self._batch, self.config.batch_timeout_s)
+        # The ingress forms the batches; a replica only joins the ones that queue while its
+        # model is busy, and never waits for more (a second window would add its wait).
+        return deployment.bind(str(folder), self._batch, 0.0)
 
     def _deployment(self, scaling: Scaling, name: str):
         from ray import serve
@@ -347,6 +379,7 @@ class RayController:
             health_check_period_s=2.0,
             health_check_timeout_s=5.0,  # a replica lost with its node is replaced sooner
             graceful_shutdown_timeout_s=10.0,
+            logging_config=QUIET_LOGS,
         )
 
     def _deploy(self, app: str, folder: Path, scaling: Scaling, *, blocking: bool) -> None:
@@ -408,7 +441,11 @@ class RayController:
             for member, loaded in served.items()
         ]
         ensemble = serve.deployment(
-            Ensemble, name="Ensemble", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
+            Ensemble,
+            name="Ensemble",
+            ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=256,
+            logging_config=QUIET_LOGS,
         )
         versions = {member: loaded.version for member, loaded in served.items()}
         return f"maas.ensemble.{name}", ensemble.bind(*bound), versions
@@ -435,9 +472,18 @@ class RayController:
 
 
 def _info(app: str) -> dict[str, Any]:
+    return sync_handle(app).info.remote().result(timeout_s=60)
+
+
+def sync_handle(app: str) -> Any:
+    """A handle to call from this (synchronous) controller: its router on a loop of its own,
+    whatever ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` chose for the replicas' handles."""
     from ray import serve
 
-    return serve.get_app_handle(app).info.remote().result(timeout_s=60)
+    handle = serve.get_app_handle(app)  # the same object for the same app, once made
+    if not handle.is_initialized:
+        handle._init(_run_router_in_separate_loop=True)
+    return handle
 
 
 def running_replicas() -> dict[str, int]:
@@ -532,7 +578,7 @@ def serve(
             except Exception:  # a vanished folder, a Ray hiccup: log, keep serving, retry
                 log.exception("updating the Ray deployments failed")
         return 0
-    except RayEngineError as error:
+    except (RayEngineError, FrontError) as error:
         log.error("%s", error)
         return 2
     finally:

@@ -4,8 +4,13 @@
 protocol, API keys, limits, metrics, access log) around a :class:`RayDataPlane`: the
 lookups of :class:`maas.serving.repository.ServedModels`, filled from the snapshots that the
 controller (:mod:`maas.serving.ray.engine`) publishes on the :class:`RoutingTable` actor.
-A served version's predictor calls its deployment through a Ray Serve handle and retries a
-call that a lost replica or node failed (counted in ``maas_backend_retries_total``).
+A served version's predictor coalesces concurrent requests into batches *before* the
+handle hop (one call to a replica per batch, not one per request: each call through a Ray
+handle costs milliseconds of CPU), calls its deployment through a Ray Serve handle and
+retries a call that a lost replica or node failed (counted in ``maas_backend_retries_total``).
+The access log of an ingress replica is sampled (one line in ``ACCESS_LOG_EVERY``, every
+error): each line goes through Ray's log monitor to the driver, which cost more CPU than
+the request itself.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from maas.serving.app import ServerConfig, create_app, update_model_gauges
+from maas.serving.batching import AwaitingBatcher
 from maas.serving.errors import VersionUnloaded
 from maas.serving.layout import ModelConfig
 from maas.serving.metrics import Metrics
@@ -33,10 +40,13 @@ NAMESPACE = "maas"
 ROUTING_ACTOR = "maas-routing"
 REFRESH_S = 0.2  # how often an ingress replica looks for a new routing snapshot
 RETRIES = 3
+BATCHES_IN_FLIGHT = 16  # per version and ingress replica: enough to keep its replicas busy
+UNROUTED_CLOSE_S = 5.0  # a version left the routing: its batcher closes after this long
+# One access-log line in this many (errors always); MAAS_ACCESS_LOG_EVERY=1 logs every one.
+ACCESS_LOG_EVERY = int(os.environ.get("MAAS_ACCESS_LOG_EVERY", "100"))
 # Ray's marker resource of the head node (Ray Train pins its state actor the same way). The
-# head holds the GCS, the Serve controller and the only HTTP proxy (proxy_location HeadOnly),
-# so the routing table and the ingress placed there are lost only with the whole cluster:
-# losing a worker node then costs model replicas alone, which the ingress retries.
+# head holds the GCS and the Serve controller, so the routing table placed there is lost
+# only with the whole cluster.
 ON_HEAD = {"node:__internal_head__": 0.001}
 
 
@@ -89,15 +99,41 @@ class RemoteRuntime:
 
 
 class HandlePredictor:
-    """Calls a version's deployment; retries calls that a lost replica or node failed."""
+    """Calls a version's deployment, a batch of requests a call when ``config`` batches;
+    retries calls that a lost replica or node failed."""
 
-    def __init__(self, app: str, model: str, version: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: str, model: str, version: int, metrics: Metrics, config: ServerConfig
+    ) -> None:
         from ray import serve
 
+        # One handle object per app in a process: initialised once (a version that comes
+        # back, a rollback, finds it so), to prefer a replica on this node: no hop to
+        # another machine when one is here.
         self.handle = serve.get_app_handle(app)
+        if not self.handle.is_initialized:
+            self.handle._init(_prefer_local_routing=True)
         self.app, self.model, self.version, self.metrics = app, model, version, metrics
+        self.batcher = None
+        if config.batching:
+
+            def observe(size: int, seconds: float) -> None:
+                metrics.observe_batch(model, version, size, seconds)
+
+            self.batcher = AwaitingBatcher(
+                self._call,
+                max_batch_size=config.max_batch_size,
+                max_wait_s=config.batch_timeout_s,
+                max_in_flight=BATCHES_IN_FLIGHT,
+                observe=observe,
+            )
 
     async def predict(self, texts: Sequence[str]) -> np.ndarray:
+        if self.batcher is not None:
+            return await self.batcher.predict(texts)
+        return await self._call(list(texts))
+
+    async def _call(self, texts: list[str]) -> np.ndarray:
         for attempt in range(RETRIES + 1):
             try:
                 return await self.handle.predict.remote(list(texts))
@@ -116,7 +152,8 @@ class HandlePredictor:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        return None
+        if self.batcher is not None:
+            await self.batcher.close()
 
 
 def _retryable(error: BaseException) -> bool:
@@ -138,8 +175,9 @@ def _retryable(error: BaseException) -> bool:
 class RayDataPlane(ServedModels):
     """The lookups of :class:`ServedModels`, filled from the controller's snapshots."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ServerConfig) -> None:
         super().__init__()
+        self.server_config = config  # (``config`` is the lookup of a model's config)
         self.metrics = Metrics()  # replaced by the server's own when its lifespan starts
         self._predictors: dict[str, HandlePredictor] = {}
 
@@ -151,6 +189,9 @@ class RayDataPlane(ServedModels):
             status = {s.version: s for s in model.status}
             states[name] = _ModelState(model.config, model.config_error, served, status)
         apps = {info.app for model in models.values() for info in model.served.values()}
+        for app, predictor in self._predictors.items():
+            if app not in apps:  # requests that resolved it just before still get answers
+                _close_later(predictor)
         self._predictors = {app: p for app, p in self._predictors.items() if app in apps}
         self.install(states, polls)
         self.metrics.replicas.clear()
@@ -161,7 +202,7 @@ class RayDataPlane(ServedModels):
     def _loaded(self, model: str, version: int, info: ServedVersion) -> LoadedVersion:
         predictor = self._predictors.get(info.app)
         if predictor is None:
-            predictor = HandlePredictor(info.app, model, version, self.metrics)
+            predictor = HandlePredictor(info.app, model, version, self.metrics, self.server_config)
             self._predictors[info.app] = predictor
         return LoadedVersion(
             model=model,
@@ -172,6 +213,14 @@ class RayDataPlane(ServedModels):
             loaded_at=info.loaded_at,
             predictor=predictor,
         )
+
+
+def _close_later(predictor: HandlePredictor) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on the event loop (a test): nothing runs its batcher
+        return
+    loop.call_later(UNROUTED_CLOSE_S, lambda: loop.create_task(predictor.close()))
 
 
 def routing_table() -> Any:
@@ -204,6 +253,7 @@ async def follow_routing(state: ServerState) -> AsyncIterator[None]:
 
     plane: RayDataPlane = state.repository  # type: ignore[assignment]
     plane.metrics = state.metrics
+    state.metrics.access_log_every = ACCESS_LOG_EVERY
     table = routing_table()
     task = asyncio.create_task(_refresh_forever(table, plane, state))
     try:
@@ -238,7 +288,7 @@ def log_in_replica() -> None:
 
 def build_app(config: ServerConfig):  # -> FastAPI
     """The application an ingress replica serves."""
-    return create_app(config, data_plane=RayDataPlane(), lifespan=follow_routing)
+    return create_app(config, data_plane=RayDataPlane(config), lifespan=follow_routing)
 
 
 class Ingress:

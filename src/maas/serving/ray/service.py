@@ -11,6 +11,7 @@ the routing table. Args (``serveConfigV2 ... args``)::
     poll_interval_s: 2.0
     max_batch_size: 32
     batch_timeout_ms: 5.0
+    max_queue: 64                          # requests waiting per model (default: unbounded)
     replica_cpus: 1.0
     scaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}
 """
@@ -34,6 +35,7 @@ ARGS = {
     "poll_interval_s",
     "max_batch_size",
     "batch_timeout_ms",
+    "max_queue",
     "replica_cpus",
     "scaling",
 }
@@ -79,6 +81,7 @@ def parse_args(args: dict[str, Any]) -> tuple[ServerConfig, RayOptions]:
         poll_interval_s=float(args.get("poll_interval_s", 2.0)),
         max_batch_size=int(args.get("max_batch_size", 32)),
         batch_timeout_s=float(args.get("batch_timeout_ms", 5.0)) / 1000,
+        max_queue=args.get("max_queue"),
     )
     scaling = Scaling.parse(args.get("scaling", {}), where="args")
     options = RayOptions(replica_cpus=float(args.get("replica_cpus", 1.0)), scaling=scaling)
