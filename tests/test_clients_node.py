@@ -29,6 +29,7 @@ TEXTS = [
     "New brakes for my car... 4 wheels; ÉCOLE naïve café",
     "",
     "word " * 200,
+    "古代战争实时策略游戏 0 A.D. ｶﾀｶﾅ Straße Москва cafe\u0301 ﬁne 𠀀𠀁",
 ]
 
 if shutil.which("node") is None:
@@ -75,6 +76,39 @@ def test_node_tokenizer_gives_the_python_ids(onnx_artifact):
     expected = tokenizer.encode(TEXTS)
     np.testing.assert_array_equal(np.array(ids).reshape(expected.shape), expected)
     assert (expected > 1).any()  # the texts hit known words, not only padding and [UNK]
+
+
+def test_node_folds_and_cuts_random_unicode_as_python_does():
+    from maas.unicode_text import folded_tokens
+
+    rng = np.random.default_rng(7)
+    # Code points from every plane in use, spaces and punctuation between them.
+    pools = [range(0x20, 0x250), range(0x370, 0x3FF), range(0x400, 0x4FF), range(0x600, 0x6FF),
+             range(0x900, 0x97F), range(0xE00, 0xE7F), range(0x3040, 0x30FF),
+             range(0x4E00, 0x4F00), range(0xAC00, 0xAD00), range(0xFB00, 0xFB07),
+             range(0xFF00, 0xFFEF), range(0x1D400, 0x1D4FF), range(0x20000, 0x20100)]  # fmt: skip
+    texts = [
+        "".join(chr(rng.choice(pools[rng.integers(len(pools))])) for _ in range(40))
+        for _ in range(60)
+    ]
+    script = (
+        "import { foldedTokens } from './tokenizer.mjs';"
+        f"const texts = {json.dumps(texts)};"
+        "console.log(JSON.stringify(texts.map((t) => foldedTokens(t))));"
+    )
+    assert json.loads(node("--input-type=module", "-e", script).stdout) == [
+        folded_tokens(text) for text in texts
+    ]
+
+
+def test_the_node_tables_are_this_pythons(tmp_path):
+    from maas.unicode_text import export_tables
+
+    export_tables(str(tmp_path / "tables.json"))
+    committed = json.loads((CLIENT / "unicode-tables.json").read_text(encoding="utf-8"))
+    assert committed == json.loads((tmp_path / "tables.json").read_text(encoding="utf-8")), (
+        "regenerate: python -m maas.unicode_text clients/node/unicode-tables.json"
+    )
 
 
 def test_node_runs_the_onnx_model_itself(onnx_artifact):

@@ -158,3 +158,26 @@ def script_of(char: str) -> str | None:
 
 
 _SCRIPT_NAMED = re.compile(r"\b(LETTER|SYLLABLE|IDEOGRAPH|CHARACTER)\b")
+
+
+def export_tables(path: str) -> None:
+    """Write the fold table and the class runs as JSON, for a tokenizer in another language
+    (``clients/node/unicode-tables.json``): ``python -m maas.unicode_text PATH``."""
+    import json
+
+    starts, kinds = class_runs()
+    tables = {
+        "unicode_version": UNICODE_VERSION,
+        "fold": {str(code_point): folded for code_point, folded in fold_table().items()},
+        "run_starts": list(starts),
+        "run_kinds": list(kinds),
+        "kinds": {"separator": SEPARATOR, "word": WORD, "no_space": NO_SPACE},
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(tables, handle, ensure_ascii=False, separators=(",", ":"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    export_tables(sys.argv[1])
