@@ -137,7 +137,7 @@ def test_predict_texts_batches_similar_lengths_and_keeps_the_order():
 
 def test_prediction_batches_are_bounded_in_items_and_characters():
     bounds = evaluate.batch_bounds(np.array([1, 2, 3, 10, 10, 50]), 2, 15)
-    assert bounds == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert bounds == [(0, 2), (2, 4), (4, 5), (5, 6)]  # 3 + 10 fit in 15; 10 + 50 do not
     assert evaluate.batch_bounds(np.array([1, 1, 1]), 2, None) == [(0, 2), (2, 3)]
     texts = ["a" * n for n in (5, 1, 30, 2)]
     seen = []
