@@ -188,10 +188,13 @@ def main() -> int:
             "storage_left": storage.exists(),
         }
         save()
+        # More workers than the cluster has CPUs even while Ray still counts the killed node
+        # alive (it may, for a while): the check must refuse before any training, whenever.
         results["capacity"] = train(
             project,
-            **{"train.distribute.engine": "ray", "train.distribute.strategy": "multi_worker"},
-        )
+            **{"train.distribute.engine": "ray", "train.distribute.strategy": "multi_worker",
+               "train.distribute.workers": 4},
+        )  # fmt: skip
         save()
         broken = args.work / "broken"
         broken.mkdir(exist_ok=True)
