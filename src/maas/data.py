@@ -35,7 +35,7 @@ from maas.config import NEWSGROUPS, DataParams, Paths, to_dict
 from maas.provenance import atomic_dir, build_provenance, sha256_tree, write_json
 from maas.sources import NEWSGROUPS_CACHE_FILE, DataError, RawCorpus, load_source
 from maas.splits import SPLITS, Split, save_split
-from maas.tokenizer import TOKENIZER_FILE, Tokenizer
+from maas.tokenizer import CHARS_PER_TOKEN, TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,11 @@ def subsample(split: Split, *, per_class: int | None, seed: int) -> Split:
     return split.take(np.sort(np.asarray(keep, dtype=int)))
 
 
-def drop_empty(split: Split) -> tuple[Split, int]:
-    keep = [i for i, text in enumerate(split.texts) if unicode_text.folded_tokens(text)]
+def drop_empty(split: Split, *, max_chars: int) -> tuple[Split, int]:
+    """The texts with a token in the part the tokenizer reads (its first ``max_chars``)."""
+    keep = [
+        i for i, text in enumerate(split.texts) if unicode_text.folded_tokens(text[:max_chars])
+    ]
     return split.take(keep), len(split) - len(keep)
 
 
@@ -138,7 +141,8 @@ def split_corpus(corpus: RawCorpus, params: DataParams) -> tuple[dict[str, Split
         # One for testing, one for validation, one to train on: the least a class can have.
         check_class_sizes(whole, names, needed=3, what=f"in {corpus.location}")
         train_all, test = stratified_split(whole, fraction=params.test_fraction, seed=seed)
-    train_all, dropped = drop_empty(train_all)
+    max_chars = CHARS_PER_TOKEN * params.sequence_length
+    train_all, dropped = drop_empty(train_all, max_chars=max_chars)
     unseen = sorted(set(np.unique(test.labels)) - set(np.unique(train_all.labels)))
     if unseen:
         raise DataError(
@@ -152,7 +156,7 @@ def split_corpus(corpus: RawCorpus, params: DataParams) -> tuple[dict[str, Split
         )
     else:
         train = train_all
-        validation, dropped_validation = drop_empty(validation)
+        validation, dropped_validation = drop_empty(validation, max_chars=max_chars)
         dropped += dropped_validation
     splits = {"train": train, "validation": validation, "test": test}
     return splits, {"names": names, "dropped_empty": dropped}
@@ -194,7 +198,6 @@ def split_card(split: Split, tokenizer: Tokenizer) -> dict:
     One text at a time, never the whole split's id matrix (500,000 texts x 1,000 ids would be
     2 GB for a few numbers).
     """
-    index = tokenizer._index  # type: ignore[attr-defined]
     lengths = np.empty(len(split), dtype=np.int64)
     kept = unknown = 0
     for row, text in enumerate(split.texts):
@@ -202,7 +205,7 @@ def split_card(split: Split, tokenizer: Tokenizer) -> dict:
         lengths[row] = len(tokens)
         head = tokens[: tokenizer.sequence_length]
         kept += len(head)
-        unknown += sum(token not in index for token in head)
+        unknown += sum(not tokenizer.known(token) for token in head)
     if not len(split):
         lengths = np.zeros(1, dtype=np.int64)
     return {

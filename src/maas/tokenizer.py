@@ -89,6 +89,10 @@ class Tokenizer:
             return list(self.vocabulary)
         return [unicode_text.fold(word) for word in self.vocabulary]
 
+    def known(self, token: str) -> bool:
+        """Whether a token from :meth:`tokens` has an id of its own (is not ``[UNK]``)."""
+        return token in self._index  # type: ignore[attr-defined]
+
     @property
     def max_chars(self) -> int:
         """How many characters of a text are read (the Unicode rule)."""
