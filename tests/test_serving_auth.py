@@ -71,6 +71,7 @@ def served(small_project, tmp_path_factory):
         poll_interval_s=0,  # only the admin's load re-reads the repository
         default_model="spam",
         api_keys=tuple(read_key_file(tmp / "keys.txt")),
+        api_key_file=tmp / "keys.txt",  # followed while the server runs
         grpc=GrpcSettings(port=grpc_port, grace_s=1),
     )
     app = create_app(config)
@@ -145,7 +146,7 @@ def test_a_token_bucket_allows_its_burst_then_its_rate():
 
 
 def test_a_key_for_one_model_is_refused_the_other_over_every_protocol(served):
-    client, channel, _, _ = served
+    client, channel, *_ = served
     for name, model in (("news", "spam"), ("news", "news"), ("all", "spam")):
         allowed = model == "news" or name == "all"
         headers = auth(name)
@@ -225,7 +226,7 @@ def test_a_scoped_key_sees_only_its_models(served):
 
 
 def test_over_its_rate_a_key_gets_429_with_retry_after_over_rest_and_grpc(served):
-    client, channel, _, _ = served
+    client, channel, *_ = served
     # 6 a minute, burst 2; the bucket is shared by REST and gRPC.
     assert (
         client.post(
@@ -255,7 +256,7 @@ def test_over_its_rate_a_key_gets_429_with_retry_after_over_rest_and_grpc(served
 
 
 def test_only_an_admin_key_changes_what_is_served(served):
-    client, channel, repository, lite = served
+    client, channel, repository, lite, _ = served
     for name in ("news", "all"):
         refused = client.post("/v2/repository/models/news/load", headers=auth(name))
         assert refused.status_code == 403 and "admin scope" in refused.json()["error"]
@@ -321,3 +322,35 @@ def test_the_key_id_not_the_key_is_noted_and_logged(served, caplog):
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "maas.access"]
     assert lines[-1]["key"] == "news-client" and lines[-1]["status"] == 200
     assert KEYS["news"] not in caplog.text
+
+
+def replace_file(path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def test_the_key_file_is_followed_and_a_malformed_edit_keeps_the_keys_in_force(served, caplog):
+    client, *_, keys = served
+    guard = client.app.state.key_guard
+    original = keys.read_text()
+    news = {"json": infer_body(), "headers": auth("news")}
+    try:
+        replace_file(keys, original.replace("models=news\n", "models=news rate=fast\n"))
+        with caplog.at_level(logging.ERROR, logger="maas.serving.auth"):
+            assert not guard.reload_if_changed()
+        assert "keys.txt:2: rate='fast'" in caplog.text and "keys in force stay" in caplog.text
+        assert client.post("/v2/models/news/infer", **news).status_code == 200  # still serving
+        # A valid edit: the news key moves to spam, a new key appears; the server's own
+        # task re-reads the file (every 2 s).
+        edited = original.replace("models=news\n", "models=spam\n")
+        replace_file(keys, edited + f"\n{hash_key('key-new')} name=new models=news\n")
+        new = {"json": infer_body(), "headers": {"x-api-key": "key-new"}}
+        wait_for(lambda: client.post("/v2/models/news/infer", **new).status_code == 200, 10)
+        assert client.post("/v2/models/news/infer", **news).status_code == 403
+        assert client.post("/v2/models/spam/infer", **news).status_code == 200
+    finally:
+        replace_file(keys, original)
+        guard.reload_if_changed()
+    assert client.post("/v2/models/news/infer", **new).status_code == 401
+    assert client.post("/v2/models/news/infer", **news).status_code == 200

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas import __version__
 from maas.serving import protocol_repository, protocol_v1, protocol_v2, seed_api
-from maas.serving.auth import ApiKeyMiddleware, KeyGrant, KeyGuard
+from maas.serving.auth import ApiKeyMiddleware, KeyGrant, KeyGuard, following_key_file
 from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.errors import ServingError
 from maas.serving.layout import check_max_queue
@@ -59,6 +59,7 @@ class ServerConfig:
     load_in_background: bool = False
     api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests of keys for everything
     api_keys: tuple[KeyGrant, ...] = ()  # keys with their scopes (the key file's lines)
+    api_key_file: Path | None = None  # re-read when it changes: its keys replace api_keys
     limits: Limits = DEFAULT_LIMITS
     grpc: GrpcSettings | None = None  # also serve gRPC, over the same models and batchers
     # Requests waiting for one model at most (a model's `max_queue:` overrides); more are
@@ -101,6 +102,20 @@ def create_app(
             raise FileNotFoundError(f"model repository not found: {config.model_repository}")
         state = build_state(config)
         app_lifespan = make_lifespan(config, state)
+    # One guard for REST and gRPC: a key's rate is shared by both protocols.
+    guard = KeyGuard(
+        config.api_keys,
+        state.metrics,
+        key_file=config.api_key_file,
+        extra_hashes=config.api_key_hashes,
+    )
+    engine_lifespan = app_lifespan
+
+    @contextlib.asynccontextmanager
+    async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with following_key_file(guard), engine_lifespan(app):
+            yield
+
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -112,8 +127,7 @@ def create_app(
         strict_content_type=False,
     )
     app.state.maas = state
-    # One guard for REST and gRPC: a key's rate is shared by both protocols.
-    app.state.key_guard = KeyGuard((*config.api_keys, *config.api_key_hashes), state.metrics)
+    app.state.key_guard = guard
     add_routes(app)
     add_middleware(app, config, state.metrics, app.state.key_guard)
     return app

@@ -16,21 +16,26 @@ as ``field=value`` words (``#`` starts a comment)::
 - ``scopes=admin``: may change what is served (the repository's load endpoints); with
   ``models=``, only for those models. ``/metrics`` needs a key for every model, or admin.
 
-Keys may also come from an environment variable (comma-separated, hashed as soon as they are
-read; every model, no rate limit, not admin). Clients send the key as ``Authorization:
-Bearer <key>`` or ``x-api-key: <key>``. When keys are configured every path needs one,
-except the health checks (a load balancer or Kubernetes probes them without credentials)
-and the API documentation. :func:`key_id` gives the id of the key a request came with.
+The server re-reads the file when it changes (every ``KEY_FILE_POLL_S``): new keys, scopes
+and rates apply at once; a malformed or empty file is logged, naming its line, and the keys
+in force stay. Keys may also come from an environment variable (comma-separated, hashed as
+soon as they are read; every model, no rate limit, not admin). Clients send the key as
+``Authorization: Bearer <key>`` or ``x-api-key: <key>``. When keys are configured every
+path needs one, except the health checks (a load balancer or Kubernetes probes them without
+credentials) and the API documentation. :func:`key_id` gives the id of the key a request came with.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import math
 import os
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +48,9 @@ from maas.serving.metrics import SCOPE_KEY_ID, Metrics
 from maas.serving.ratelimit import Rate, TokenBucket, retry_after_seconds
 from maas.serving.schemas import FastJSONResponse
 
+log = logging.getLogger(__name__)
+
+KEY_FILE_POLL_S = 2.0  # how often the server looks for a changed key file
 HASH = re.compile(r"^sha256:([0-9a-f]{64})$")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RATE = re.compile(r"^(\d+(?:\.\d+)?)/(s|sec|min|h)$")
@@ -210,8 +218,18 @@ class KeyChecker:
 class KeyGuard:
     """Every check of a request's key, for REST and gRPC alike, counted per key id."""
 
-    def __init__(self, grants: Iterable[KeyGrant | bytes], metrics: Metrics) -> None:
-        self.checker = KeyChecker(grants)
+    def __init__(
+        self,
+        grants: Iterable[KeyGrant | bytes],
+        metrics: Metrics,
+        *,
+        key_file: Path | None = None,
+        extra_hashes: Iterable[bytes] = (),
+    ) -> None:
+        self.key_file = key_file  # followed by :meth:`follow`: its grants replace ``grants``
+        self.extra_hashes = tuple(extra_hashes)  # keys from the environment, kept on reloads
+        self._file_signature = _signature(key_file) if key_file is not None else None
+        self.checker = KeyChecker((*grants, *self.extra_hashes))
         self.buckets = {g.digest: TokenBucket(g.rate) for g in self.checker.grants if g.rate}
         self.requests = Counter(
             "maas_api_key_requests_total",
@@ -230,6 +248,50 @@ class KeyGuard:
     @property
     def enabled(self) -> bool:
         return self.checker.enabled
+
+    def replace(self, grants: Iterable[KeyGrant]) -> None:
+        """Put new grants in force at once; a key whose rate is unchanged keeps its bucket."""
+        grants = list(grants)
+        in_file = {grant.digest for grant in grants}
+        extra = [digest for digest in self.extra_hashes if digest not in in_file]
+        checker = KeyChecker((*grants, *extra))
+        buckets = {}
+        for grant in checker.grants:
+            old = self.buckets.get(grant.digest)
+            if grant.rate is not None:
+                same = old is not None and old.rate == grant.rate
+                buckets[grant.digest] = old if same else TokenBucket(grant.rate)
+        # Between two requests (admit has no await), so none sees half of the change.
+        self.checker, self.buckets = checker, buckets
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the key file if it changed; a malformed or empty file is logged (with its
+        line) and the keys in force stay. True when new keys were put in force."""
+        if self.key_file is None:
+            return False
+        signature = _signature(self.key_file)
+        if signature == self._file_signature:
+            return False
+        self._file_signature = signature
+        try:
+            grants = read_key_file(self.key_file)
+            if not grants:
+                raise ValueError(f"{self.key_file}: no key hashes in the file")
+        except (OSError, ValueError) as error:
+            log.error("API keys not reloaded, the keys in force stay: %s", error)
+            return False
+        self.replace(grants)
+        log.info("API keys reloaded from %s: %d keys", self.key_file, len(grants))
+        return True
+
+    async def follow(self, interval_s: float = KEY_FILE_POLL_S) -> None:
+        """Re-read the key file whenever it changes (a task of the server's lifespan)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.reload_if_changed()
+            except Exception:  # never let a bad read end the task: the keys in force stay
+                log.exception("checking the API key file failed")
 
     def admit(self, key: str | None, notes: MutableMapping) -> KeyGrant:
         """The grant of a valid key within its rate, noted for the handlers and logs.
@@ -278,6 +340,28 @@ class KeyGuard:
         if path == "/metrics" and grant.models is not None and not grant.admin:
             self.refused.labels(grant.id, "model").inc()
             raise ServingError(403, f"API key {grant.id!r} is limited to some models: no /metrics")
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is written or replaced (None: it cannot be read)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+@contextlib.asynccontextmanager
+async def following_key_file(guard: KeyGuard) -> AsyncIterator[None]:
+    """While the server runs, follow its key file (nothing to do without one)."""
+    task = asyncio.create_task(guard.follow()) if guard.key_file is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def key_id(notes: MutableMapping) -> str | None:

@@ -41,7 +41,10 @@ async def load_model(state: ServerState, model: str) -> dict[str, Any]:
         raise ServingError(
             501, "this engine re-reads the repository by itself every --poll-interval"
         )
-    await state.reload()
+    try:
+        await state.reload()
+    except OSError as error:  # the folder vanished or is unreadable: the server keeps serving
+        raise ServingError(503, f"re-reading the model repository failed: {error}") from error
     if model not in state.repository.model_names():
         raise ServingError(404, f"model {model!r} not found in the repository")
     return {"name": model, **status_body(state.repository.status(model))}
