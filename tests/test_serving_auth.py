@@ -80,7 +80,7 @@ def served(small_project, tmp_path_factory):
         grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
     ):
         grpc.channel_ready_future(channel).result(timeout=30)
-        yield client, channel, repository, lite
+        yield client, channel, repository, lite, tmp / "keys.txt"
 
 
 def test_the_key_file_keeps_its_old_format_and_gains_scopes(tmp_path):
