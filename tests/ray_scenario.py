@@ -2,7 +2,8 @@
 
 ``python tests/ray_scenario.py --repo DIR --work DIR --out FILE`` starts a head and a second
 node (``maas.serving.ray.cluster``), ``maas serve --engine ray`` on them (the cluster from
-``RAY_ADDRESS``, HTTPS with a throwaway CA, an API key from the environment), and goes
+``RAY_ADDRESS``, HTTPS with a throwaway CA, an API key from the environment and scoped
+ones from a key file), and goes
 through the phases below under real HTTP load on 127.0.0.1, writing what it observed (answers,
 status codes, replica counts and nodes over time, seconds) to ``--out`` after every phase.
 ``tests/test_serving_ray.py`` runs it once per module and asserts on that record.
@@ -31,11 +32,14 @@ from serving_support import make_certificates  # noqa: E402  (this folder is on 
 
 from maas.registry import operations  # noqa: E402
 from maas.serving import layout  # noqa: E402
+from maas.serving.auth import hash_key  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
 
 PORT = 8600
 URL = f"https://127.0.0.1:{PORT}"  # TLS and API keys at the front door of every node
 API_KEY = "ray-scenario-key"
+SCOPED_KEY = "ray-scenario-news2-only"  # models=news2, 30 requests/min, burst 3
+ADMIN_KEY = "ray-scenario-admin"
 KEYS_ENV = "MAAS_RAY_SCENARIO_KEYS"
 TLS: dict[str, Path] = {}  # the throwaway CA and server certificate, made in main()
 APP = "maas.news.{}"
@@ -191,6 +195,26 @@ def phase_protocols() -> dict:
         "metrics": [line for line in metrics.splitlines() if line.startswith("maas_requests")],
         "keyless": keyless, "plain_http": plain,
     }  # fmt: skip
+
+
+def phase_keys() -> dict:
+    """A key scoped to news2 with a rate, and the admin scope, at a front door: one
+    keep-alive connection, so one front and its token buckets."""
+    results = {}
+    with client(key=SCOPED_KEY) as http:
+        codes = {
+            "news": http.post("/v2/models/news/infer", json=infer_body(TEXTS[:1])),
+            "news2": http.post("/v2/models/news2/infer", json=infer_body(TEXTS[:1])),
+            "seed_news": http.post("/predict", json={"text": TEXTS[0], "model": "news"}),
+        }
+        results.update({name: [r.status_code, r.json()] for name, r in codes.items()})
+        burst = [http.post("/v2/models/news2/infer", json=infer_body(TEXTS[:1])) for _ in range(8)]
+        results["burst"] = [[r.status_code, r.headers.get("retry-after")] for r in burst]
+    for name, key in (("not_admin", API_KEY), ("admin", ADMIN_KEY)):
+        with client(key=key) as http:
+            load = http.post("/v2/repository/models/news/load")
+            results[f"load_{name}"] = [load.status_code, load.json()]
+    return results
 
 
 def phase_ensemble() -> dict:
@@ -446,6 +470,12 @@ def main() -> int:
         env["RAY_ADDRESS"] = cluster.address
         command = [sys.executable, "-m", "maas.cli", "serve", "--model-repository", str(args.repo)]
         command += ["--engine", "ray", "--port", str(PORT), "--api-keys-env", KEYS_ENV]
+        keys = args.work / "keys.txt"  # scoped keys beside the environment's
+        keys.write_text(
+            f"{hash_key(SCOPED_KEY)} name=news2-only models=news2 rate=30/min burst=3\n"
+            f"{hash_key(ADMIN_KEY)} name=ops scopes=admin\n"
+        )
+        command += ["--api-key-file", str(keys)]
         command += ["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])]
         # 0.25 CPU a replica: 16 fit on the two 2-CPU nodes. The faults phase needs room for
         # 2 replicas of each of news's served and warm versions, news2, and the ensemble's
@@ -466,6 +496,7 @@ def main() -> int:
         observer = Observer(cluster.address)
         for name, phase in [
             ("protocols", phase_protocols),
+            ("keys", phase_keys),
             ("ensemble", phase_ensemble),
             ("autoscaling", lambda: phase_autoscaling(observer, clients=16)),
             ("rolling_update", lambda: phase_rolling_update(args.repo, args.lite, observer)),

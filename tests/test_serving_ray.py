@@ -106,6 +106,22 @@ def test_every_protocol_answers_through_the_ray_ingress(scenario, lite):
     assert '"event": "access"' in scenario["server_log"]  # the access log, from the replica
 
 
+def test_scoped_keys_rates_and_admin_hold_at_the_front_doors(scenario):
+    record = phase(scenario, "keys")
+    for name in ("news", "seed_news"):  # the key is for news2 only
+        code, body = record[name]
+        assert code == 403 and "may not use model 'news'" in body["error"], record
+    assert record["news2"][0] == 200 and record["news2"][1]["model_name"] == "news2"
+    # 30/min, burst 3, the three calls above taken: 8 more at once meet 429 + Retry-After.
+    refused = [retry for code, retry in record["burst"] if code == 429]
+    assert len(refused) >= 4 and all(int(retry) >= 1 for retry in refused), record["burst"]
+    assert {code for code, _ in record["burst"]} <= {200, 429}
+    code, body = record["load_not_admin"]
+    assert code == 403 and "admin scope" in body["error"]
+    code, body = record["load_admin"]  # allowed; the Ray controller follows the repository
+    assert code == 501 and "--poll-interval" in body["error"]
+
+
 def test_the_ensemble_averages_its_members(scenario):
     record = phase(scenario, "ensemble")
     probabilities = record["probabilities"]

@@ -22,6 +22,7 @@ from serving_support import (
     wait_for,
 )
 
+from maas.serving.auth import hash_key
 from maas.serving.layout import publish_version
 
 pytestmark = pytest.mark.slow
@@ -170,6 +171,10 @@ def test_cli_refuses_bad_options_clearly(tmp_path, lite):
     plain.write_text("a-plain-key\n")
     keys = serve("--model-repository", str(tmp_path), "--api-key-file", str(plain))
     assert keys.returncode == 2 and "never a plain key" in keys.stderr
+    scoped = tmp_path / "scoped.txt"
+    scoped.write_text(f"# ops\n{hash_key('k')} models=news rate=lots\n")
+    scope = serve("--model-repository", str(tmp_path), "--api-key-file", str(scoped))
+    assert scope.returncode == 2 and "scoped.txt:2: rate='lots'" in scope.stderr
     certs = make_certificates(tmp_path / "tls")
     tls = serve("--model-repository", str(tmp_path), "--tls-cert", str(certs["cert"]))
     assert tls.returncode == 2 and "both --tls-cert and --tls-key" in tls.stderr

@@ -26,8 +26,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas import __version__
-from maas.serving import protocol_v1, protocol_v2, seed_api
-from maas.serving.auth import ApiKeyMiddleware, KeyChecker
+from maas.serving import protocol_repository, protocol_v1, protocol_v2, seed_api
+from maas.serving.auth import ApiKeyMiddleware, KeyGrant, KeyGuard, following_key_file
 from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.errors import ServingError
 from maas.serving.layout import check_max_queue
@@ -57,7 +57,9 @@ class ServerConfig:
     # True: answer /v2/health/live at once and load the models meanwhile (ready once loaded);
     # False: load every model before the server accepts its first request.
     load_in_background: bool = False
-    api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests; empty: no keys needed
+    api_key_hashes: tuple[bytes, ...] = ()  # SHA-256 digests of keys for everything
+    api_keys: tuple[KeyGrant, ...] = ()  # keys with their scopes (the key file's lines)
+    api_key_file: Path | None = None  # re-read when it changes: its keys replace api_keys
     limits: Limits = DEFAULT_LIMITS
     grpc: GrpcSettings | None = None  # also serve gRPC, over the same models and batchers
     # Requests waiting for one model at most (a model's `max_queue:` overrides); more are
@@ -86,7 +88,6 @@ def create_app(
     By default the models load in this process. Another engine (:mod:`maas.serving.ray`)
     passes the ``data_plane`` it fills and the ``lifespan`` that keeps it filled.
     """
-    checker = KeyChecker(config.api_key_hashes)  # one for REST and gRPC
     if data_plane is not None:
         if lifespan is None:
             raise ValueError("a data_plane needs the lifespan that fills it")
@@ -100,7 +101,21 @@ def create_app(
         if not Path(config.model_repository).is_dir():
             raise FileNotFoundError(f"model repository not found: {config.model_repository}")
         state = build_state(config)
-        app_lifespan = make_lifespan(config, state, checker)
+        app_lifespan = make_lifespan(config, state)
+    # One guard for REST and gRPC: a key's rate is shared by both protocols.
+    guard = KeyGuard(
+        config.api_keys,
+        state.metrics,
+        key_file=config.api_key_file,
+        extra_hashes=config.api_key_hashes,
+    )
+    engine_lifespan = app_lifespan
+
+    @contextlib.asynccontextmanager
+    async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with following_key_file(guard), engine_lifespan(app):
+            yield
+
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -112,8 +127,9 @@ def create_app(
         strict_content_type=False,
     )
     app.state.maas = state
+    app.state.key_guard = guard
     add_routes(app)
-    add_middleware(app, config, state.metrics, checker)
+    add_middleware(app, config, state.metrics, app.state.key_guard)
     return app
 
 
@@ -142,17 +158,25 @@ def build_state(config: ServerConfig) -> ServerState:
         warmup_batch_sizes=tuple(sorted(set(warmup))),
     )
     queue = QueueLimit(config.max_queue)
-    return ServerState(repository, config.limits, metrics, config.default_model, queue)
+    state = ServerState(repository, config.limits, metrics, config.default_model, queue)
+    lock = asyncio.Lock()
+
+    async def reload() -> None:  # the poller and the load endpoint: one poll at a time
+        async with lock:
+            await _poll_once(state)
+
+    state.reload = reload
+    return state
 
 
-def make_lifespan(config: ServerConfig, state: ServerState, checker: KeyChecker):
+def make_lifespan(config: ServerConfig, state: ServerState):
     """Load the models (before the first request, or in the background), poll the
     repository, serve gRPC when asked, and close every predictor at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not config.load_in_background:
-            await _poll_once(state)
+            await state.reload()
         poller = None
         if config.poll_interval_s > 0 or config.load_in_background:
             poller = asyncio.create_task(
@@ -161,7 +185,7 @@ def make_lifespan(config: ServerConfig, state: ServerState, checker: KeyChecker)
         grpc_server = None
         try:
             if config.grpc is not None:
-                grpc_server = await _start_grpc(state, config.grpc, checker)
+                grpc_server = await _start_grpc(state, config.grpc, app.state.key_guard)
             yield
         finally:
             if grpc_server is not None:  # drain its calls while the batchers still run
@@ -183,25 +207,24 @@ def add_routes(app: FastAPI) -> None:
     app.include_router(protocol_v1.router)
     app.include_router(protocol_v2.router)
     app.include_router(seed_api.router)
+    app.include_router(protocol_repository.router)
     app.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], include_in_schema=False)
     _add_error_handlers(app)
 
 
-def add_middleware(
-    app: FastAPI, config: ServerConfig, metrics: Metrics, checker: KeyChecker
-) -> None:
+def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics, guard: KeyGuard) -> None:
     """Body limit, JSON bodies, API keys, observability (in that order, innermost first)."""
     # add_middleware wraps the app: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
-    app.add_middleware(ApiKeyMiddleware, checker=checker)
+    app.add_middleware(ApiKeyMiddleware, guard=guard)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
 
-async def _start_grpc(state: ServerState, settings: GrpcSettings, checker: KeyChecker):
+async def _start_grpc(state: ServerState, settings: GrpcSettings, guard: KeyGuard):
     from maas.serving.grpc.server import start  # gRPC and its stubs load only when asked
 
-    return await start(state, settings, checker)
+    return await start(state, settings, guard)
 
 
 async def _metrics_endpoint(request: Request) -> Response:
@@ -247,7 +270,7 @@ async def _poll_forever(state: ServerState, interval: float, *, first_now: bool)
         await asyncio.sleep(interval)
     while True:
         try:
-            await _poll_once(state)
+            await state.reload()
         except Exception:  # a vanished folder, a full disk: log, keep serving, retry
             log.exception("polling the model repository failed")
         if interval <= 0:

@@ -100,13 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key-file",
         type=Path,
         metavar="FILE",
-        help="hashed API keys, one 'sha256:<hex>' per line; "
-        "requests then need 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+        help="hashed API keys, one 'sha256:<hex>' a line, optionally with scopes: "
+        "name=ID models=A,B rate=50/s burst=100 scopes=admin (see the how-to on operating "
+        "the server), re-read when it changes; requests then need "
+        "'Authorization: Bearer KEY' or 'x-api-key: KEY'",
     )
     security.add_argument(
         "--api-keys-env",
         metavar="VAR",
-        help="also accept the comma-separated keys in this environment variable",
+        help="also accept the comma-separated keys in this environment variable "
+        "(every model, no rate limit, not admin)",
     )
     security.add_argument(
         "--hash-api-key",
@@ -269,15 +272,16 @@ def run(args: argparse.Namespace) -> int:
 def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily: FastAPI)
     from maas.serving.app import ServerConfig
 
-    hashes: list[bytes] = []
+    grants = []  # read now, so that a malformed file stops the server before it starts
     if args.api_key_file is not None:
-        hashes += read_key_file(args.api_key_file)
-        if not hashes:
+        grants += read_key_file(args.api_key_file)
+        if not grants:
             raise ValueError(f"{args.api_key_file}: no key hashes in the file")
+    env_hashes = []  # every model, no limit; a key also in the file gets the file's scopes
     if args.api_keys_env:
         if not os.environ.get(args.api_keys_env):
             raise ValueError(f"environment variable {args.api_keys_env} is empty or unset")
-        hashes += keys_from_env(args.api_keys_env)
+        env_hashes = [grant.digest for grant in keys_from_env(args.api_keys_env)]
     return ServerConfig(
         model_repository=args.model_repository,
         poll_interval_s=args.poll_interval,
@@ -287,7 +291,9 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         load_in_background=True,  # liveness answers at once; readiness once models load
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000,
-        api_key_hashes=tuple(hashes),
+        api_keys=tuple(grants),
+        api_key_file=args.api_key_file.resolve() if args.api_key_file else None,
+        api_key_hashes=tuple(env_hashes),
         max_queue=args.max_queue,
         grpc=grpc_settings(args),
         limits=Limits(

@@ -31,5 +31,15 @@ class Overloaded(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(ServingError):
+    """An API key went over its rate: 429 with ``Retry-After`` (REST), ``RESOURCE_EXHAUSTED``
+    (gRPC). Refused before the request is read or queued, so a busy key cannot crowd out
+    the others."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(429, message, headers={"Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s
+
+
 class VersionUnloaded(RuntimeError):
     """A request reached a model version just after it was unloaded (retry finds the next)."""

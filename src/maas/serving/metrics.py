@@ -24,6 +24,7 @@ access_log = logging.getLogger("maas.access")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCOPE_MODEL, SCOPE_VERSION = "maas.model", "maas.version"
+SCOPE_KEY_ID = "maas.key_id"  # the API key's id (never the key), noted by maas.serving.auth
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -183,6 +184,7 @@ class ObservabilityMiddleware:
                 "status": status,
                 "bytes_out": sent,
                 "request_id": headers.get(b"x-request-id", b"").decode("latin-1")[:128],
+                "key": scope.get(SCOPE_KEY_ID),
             }
 
         record_request(

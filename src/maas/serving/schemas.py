@@ -20,8 +20,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, description in (
         (400, "Malformed request: bad JSON, wrong types, datatypes or shapes, empty input"),
         (401, "Missing or invalid API key (when keys are configured)"),
+        (403, "The API key may not use this model, or lacks the admin scope"),
         (404, "Unknown model, version or label"),
         (413, "Request body, number of texts or text length over the limits"),
+        (429, "The API key is over its rate: retry after Retry-After seconds"),
         (503, "The model has no version ready"),
     )
 }

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from maas.serving.auth import authorize_model
 from maas.serving.errors import ServingError
 from maas.serving.layout import DEFAULT_MODEL
 from maas.serving.limits import check_texts
@@ -57,7 +58,9 @@ async def predict(body: SeedRequest, request: Request) -> FastJSONResponse:
     if (body.text is None) == (body.texts is None):
         raise ServingError(400, "send exactly one of 'text' (a string) or 'texts' (a list)")
     texts = check_texts([body.text] if body.text is not None else body.texts, state.limits)
-    loaded = state.repository.resolve(body.model or default_model(state), version=body.version)
+    model = body.model or default_model(state)
+    authorize_model(request.scope, model)  # the model is in the body: the key's scope here
+    loaded = state.repository.resolve(model, version=body.version)
     predictions = await classify(request, loaded, texts)
     items = [
         {

@@ -10,7 +10,7 @@ probabilities with the argmax class of each text.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,8 @@ class ServerState:
     metrics: Metrics
     default_model: str | None  # the seed API's model when a request names none
     queue: QueueLimit = field(default_factory=QueueLimit)  # requests waiting, per model
+    # Re-read the repository now (the local engine); None: the engine follows it by itself.
+    reload: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

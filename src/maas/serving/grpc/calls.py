@@ -3,7 +3,9 @@
 :class:`CallInterceptor` is the gRPC counterpart of the REST middleware stack. It checks the
 key in the call's metadata (``authorization: Bearer KEY`` or ``x-api-key: KEY``; health and
 reflection and the v2 liveness and readiness stay open, as ``/v2/health/*`` and ``/docs``
-do over HTTP), turns a
+do over HTTP), its rate, and the scopes the call needs (the model its request names; admin
+for the repository's load and unload and TF Serving's config reload) with the REST
+server's :class:`~maas.serving.auth.KeyGuard`, turns a
 :class:`~maas.serving.errors.ServingError` into the gRPC status of the same meaning and any
 other exception into ``INTERNAL`` with no detail (the traceback goes to the log, never to
 the client), and counts, times and logs every call with the REST server's metrics.
@@ -18,9 +20,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from maas.serving.auth import KeyChecker, presented_key
-from maas.serving.errors import Overloaded, ServingError
-from maas.serving.metrics import SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
+from maas.serving.auth import KeyGrant, KeyGuard, presented_key
+from maas.serving.errors import Overloaded, RateLimited, ServingError
+from maas.serving.metrics import SCOPE_KEY_ID, SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,21 @@ log = logging.getLogger(__name__)
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+# Calls that change what is served: they need a key with the admin scope.
+ADMIN_METHODS = frozenset(
+    {
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        "/inference.GRPCInferenceService/RepositoryModelUnload",
+        "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    }
+)
 OPEN_SERVICES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
@@ -57,6 +70,18 @@ def call_notes() -> dict:
         return notes
 
 
+def requested_model(request) -> str | None:
+    """The model a request message names (OIP ``model_name`` or ``name``, TF Serving
+    ``model_spec.name``), or None for a call about no model (server metadata)."""
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    if "model_spec" in fields:
+        return request.model_spec.name
+    for name in ("model_name", "name"):
+        if name in fields:
+            return getattr(request, name)
+    return None
+
+
 def protocol_of(method: str) -> str:
     return next((name for prefix, name in PROTOCOLS.items() if method.startswith(prefix)), "other")
 
@@ -64,8 +89,8 @@ def protocol_of(method: str) -> str:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """API keys, errors, metrics and the access log for every unary call."""
 
-    def __init__(self, *, checker: KeyChecker, metrics: Metrics) -> None:
-        self.checker = checker
+    def __init__(self, *, guard: KeyGuard, metrics: Metrics) -> None:
+        self.guard = guard
         self.metrics = metrics
 
     async def intercept_service(
@@ -75,17 +100,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = details.method
         is_open = method.startswith(OPEN_SERVICES)
-        if not is_open and self.checker.enabled:
+        key_notes: dict = {}  # the key's grant and id, for the call's notes
+        grant = None
+        if not is_open and self.guard.enabled:
             metadata = {
                 key.encode("latin-1"): value.encode("latin-1") if isinstance(value, str) else value
                 for key, value in details.invocation_metadata or ()
             }
-            if not self.checker.check(presented_key(metadata)):
-                return self._wrap(method, _refuse, is_open)
+            try:
+                grant = self.guard.admit(presented_key(metadata), key_notes)
+                if method in ADMIN_METHODS:
+                    self.guard.require_admin(grant, "load or unload models")
+            except ServingError as error:
+                return self._wrap(method, _refusal(error), is_open, key_notes=key_notes)
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming (health Watch, reflection) or unknown: as it is
-        return self._wrap(method, handler.unary_unary, is_open, handler)
+        return self._wrap(method, handler.unary_unary, is_open, handler, key_notes, grant)
 
     def _wrap(
         self,
@@ -93,15 +124,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         behavior: Callable,
         is_open: bool,
         handler: grpc.RpcMethodHandler | None = None,
+        key_notes: dict | None = None,
+        grant: KeyGrant | None = None,
     ) -> grpc.RpcMethodHandler:
         async def observed(request, context: grpc.aio.ServicerContext):
-            notes: dict = {}
+            notes: dict = dict(key_notes or {})
             _notes.set(notes)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if grant is not None:  # the model is in the message: known only now
+                    model = requested_model(request)
+                    if model is not None:
+                        self.guard.authorize(grant, model)
                 return await behavior(request, context)
-            except Overloaded as error:  # the queue is full: the client should back off
+            except (Overloaded, RateLimited) as error:  # the client should back off
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
                 retry = (("retry-after", str(error.retry_after_s)),)
                 await context.abort(code, error.message, trailing_metadata=retry)
@@ -133,6 +170,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 "path": method,
                 "status": code.name,
                 "request_id": str(metadata.get("x-request-id", ""))[:128],
+                "key": notes.get(SCOPE_KEY_ID),
             }
 
         record_request(
@@ -147,5 +185,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-async def _refuse(request, context: grpc.aio.ServicerContext) -> None:
-    raise ServingError(401, "missing or invalid API key")
+def _refusal(error: ServingError) -> Callable:
+    """A call's behaviour that only answers ``error`` (a bad key, over its rate, no admin)."""
+
+    async def refuse(request, context: grpc.aio.ServicerContext) -> None:
+        raise error
+
+    return refuse

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from maas import __version__
-from maas.serving import protocol_v2
+from maas.serving import protocol_repository, protocol_v2
 from maas.serving.errors import ServingError
 from maas.serving.grpc import grpc_predict_v2_pb2 as pb
 from maas.serving.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -154,3 +154,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 tensor.contents.bytes_contents.extend(values)
         return response
+
+    async def RepositoryModelLoad(self, request, context):  # noqa: N802
+        """Re-read the repository now (admin, as ``POST /v2/repository/models/M/load``)."""
+        await protocol_repository.load_model(self.state, request.model_name)
+        served = self.state.repository.served(request.model_name)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=bool(served))
+
+    async def RepositoryModelUnload(self, request, context):  # noqa: N802
+        protocol_repository.refuse_unload()

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from maas.serving.auth import KeyChecker
+from maas.serving.auth import KeyGuard
 from maas.serving.grpc import GrpcSettings, grpc_predict_v2_pb2_grpc, oip, tfserving
 from maas.serving.grpc.calls import CallInterceptor
 from maas.serving.state import ServerState, is_ready
@@ -57,11 +57,11 @@ def _bind(server: grpc.aio.Server, settings: GrpcSettings) -> int:
     return server.add_secure_port(address, credentials)
 
 
-async def start(state: ServerState, settings: GrpcSettings, checker: KeyChecker) -> GrpcServer:
+async def start(state: ServerState, settings: GrpcSettings, guard: KeyGuard) -> GrpcServer:
     """Build, bind and start the gRPC server over ``state``."""
     limit = state.limits.max_body_bytes
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(checker=checker, metrics=state.metrics)],
+        interceptors=[CallInterceptor(guard=guard, metrics=state.metrics)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),  # answers are bounded by the text limits
