@@ -80,15 +80,22 @@ class LocalCluster:
         self._logs: list = []
 
     def add_node(
-        self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 4
+        self,
+        num_cpus: int,
+        *,
+        head: bool = False,
+        timeout: float = 180,
+        attempts: int = 4,
+        env: dict[str, str] | None = None,
     ) -> int:
         """Start a node (the head first); return its index once the cluster sees it.
 
         A raylet whose agents start too slowly (a loaded machine) exits at once: it is
-        started again, up to ``attempts`` times.
+        started again, up to ``attempts`` times. ``env``: this node's own environment over
+        the cluster's (its raylet and every worker it starts inherit it).
         """
         for attempt in range(1, attempts + 1):
-            index = self._start_node(num_cpus, head=head)
+            index = self._start_node(num_cpus, head=head, env=env)
             try:
                 self.wait_nodes(index + 1, timeout)
                 self._renice(index, 0)
@@ -103,7 +110,7 @@ class LocalCluster:
                     self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         raise AssertionError("unreachable")
 
-    def _start_node(self, num_cpus: int, *, head: bool) -> int:
+    def _start_node(self, num_cpus: int, *, head: bool, env: dict[str, str] | None) -> int:
         boost = ["nice", "-n", str(STARTUP_NICE)] if os.geteuid() == 0 else []
         command = [*boost, sys.executable, "-m", "maas.serving.ray.cluster"]
         command += ["--num-cpus", str(num_cpus), "--temp-dir", self.temp_dir]
@@ -113,7 +120,9 @@ class LocalCluster:
         index = len(self.nodes)
         log_file = (self.work / f"node{index}.log").open("a")
         self.nodes.append(
-            subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env)
+            subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}
+            )
         )
         self._logs.append(log_file)
         return index
