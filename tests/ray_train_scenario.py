@@ -211,11 +211,13 @@ def main() -> int:
         # Two workers: what the cluster held before the kill, one more than the head alone.
         # Ray may still count the killed node alive for a while; the check must refuse
         # before any training all the same.
+        records.lines.clear()
         results["capacity"] = train(
             project,
             **{"train.distribute.engine": "ray", "train.distribute.strategy": "multi_worker",
                "train.distribute.workers": 2},
         )  # fmt: skip
+        results["capacity"]["log"] = list(records.lines)
         save()
         broken = args.work / "broken"
         broken.mkdir(exist_ok=True)

@@ -46,6 +46,7 @@ from maas.training.ray_tasks import ATTEMPTS_FILE, attempts_of, multi_worker_loo
 
 log = logging.getLogger(__name__)
 
+_SILENT: set[str] = set()  # nodes Ray counts alive whose raylet did not answer
 _RAY_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)\s]+)\)")
 
 
@@ -100,15 +101,25 @@ def alive_nodes(probe_timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
     """
     import ray
 
-    return {
-        node["NodeID"]: {
+    alive = {}
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        if not answers(node["NodeManagerAddress"], node["NodeManagerPort"], probe_timeout_s):
+            if node["NodeID"] not in _SILENT:  # once, not at every look
+                _SILENT.add(node["NodeID"])
+                log.info(
+                    "Ray still counts node %s (%s) alive, but its raylet does not answer: %s",
+                    node["NodeID"][:8],
+                    node["NodeManagerAddress"],
+                    "left out",
+                )
+            continue
+        alive[node["NodeID"]] = {
             "address": node["NodeManagerAddress"],
             "cpus": int(node["Resources"].get("CPU", 0)),
         }
-        for node in ray.nodes()
-        if node["Alive"]
-        and answers(node["NodeManagerAddress"], node["NodeManagerPort"], probe_timeout_s)
-    }
+    return alive
 
 
 def answers(host: str, port: int, timeout_s: float) -> bool:
