@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 # On a loaded 2-core machine a node's agents take longer to start than Ray waits by default.
 STARTUP_NICE = -10
-STARTED = "Ray runtime started."  # what a node prints once it has registered
+STARTED = "Ray runtime started."
+SITE = (
+    Path(__file__).resolve().parent / "site"
+)  # its sitecustomize runs in every node process  # what a node prints once it has registered
 SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # loopback only: no token to hand to every client
@@ -56,8 +59,9 @@ class LocalCluster:
         work: folder for the nodes' logs.
         port: the head's GCS port.
         object_store_mb: each node's object store.
-        env: more environment for the nodes (over this process's, ``SLOW_MACHINE_ENV`` and
-            ``SERVE_ENV``).
+        env: more environment for the nodes (over this process's, ``SLOW_MACHINE_ENV``,
+            ``SERVE_ENV`` and a ``PYTHONPATH`` that starts with ``SITE``; a ``PYTHONPATH`` here
+            replaces that one).
     """
 
     def __init__(
@@ -73,7 +77,16 @@ class LocalCluster:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.object_store_mb = object_store_mb
-        self.env = {**os.environ, **SLOW_MACHINE_ENV, **SERVE_ENV, **(env or {})}
+        # The site folder first on the nodes' path: every process they start defers a grammar
+        # that `import ray` would build (maas.serving.ray.site.sitecustomize).
+        path = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
+        self.env = {
+            **os.environ,
+            **SLOW_MACHINE_ENV,
+            **SERVE_ENV,
+            "PYTHONPATH": path,
+            **(env or {}),
+        }
         # Short: Ray's socket paths must fit in 107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
