@@ -284,7 +284,7 @@ def main() -> int:
         metavar="NAME",
         help="--engine ray: only these configurations (ensemble-1-node ensemble-2-nodes "
         "multi_worker-1 multi_worker-2 ensemble2-1-node ensemble2-2-nodes ensemble4-1-node "
-        "ensemble4-2-nodes); default: all",
+        "ensemble4-2-nodes); default: all. The report then holds only these",
     )
     parser.add_argument(
         "--report-only",

@@ -138,7 +138,8 @@ def report(rows: list[dict], summary: list[dict], args) -> str:
         "before ready not counted), a figure that the machine's other work hardly moves; "
         "the other columns: seconds from launch to the server's log line that ends each "
         "phase (empty: that engine does not log it). Both engines under the same Ray "
-        "settings; they took turns (ABBA).",
+        "settings; they took turns (ABBA)."
+        + (f" 'before': the engine of `{args.baseline_src}`." if args.baseline_src else ""),
         "",
         markdown_table(rows, columns),
         "",
