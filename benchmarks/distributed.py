@@ -279,6 +279,14 @@ def main() -> int:
         help="ray: nodes of one CPU each (benchmarks/distributed_ray.py); --only is ignored",
     )
     parser.add_argument(
+        "--ray-configs",
+        nargs="+",
+        metavar="NAME",
+        help="--engine ray: only these configurations (ensemble-1-node ensemble-2-nodes "
+        "multi_worker-1 multi_worker-2 ensemble2-1-node ensemble2-2-nodes ensemble4-1-node "
+        "ensemble4-2-nodes); default: all. The report then holds only these",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="--engine ray: rewrite the report from reports/benchmarks/distributed-ray.json",

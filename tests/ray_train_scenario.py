@@ -7,7 +7,8 @@ project's two-member ensemble with the local engine (the reference), then on Ray
 - ``lost_node``: a head and a second node (1 CPU each), the members spread over them; the
   second node is killed once its member has backed up an epoch. The member resumes on the
   head; the run finishes. Records the log, the summary and both engines' member weights.
-- ``capacity``: multi_worker with more workers than the cluster left can hold.
+- ``capacity``: multi_worker with two workers, right after the kill: one more than the
+  cluster left can hold (whether or not Ray has declared the node dead yet).
 - ``broken_node``: a new node whose workers cannot import the training code, no retries:
   the run stops naming the member and the node; the model stays the one trained before.
 
@@ -114,6 +115,25 @@ class Cluster(LocalCluster):
         raise TimeoutError(f"Ray nodes not up within {timeout:g} s; see {self.work}")
 
 
+class PidWatcher(threading.Thread):
+    """Every process one node runs while it runs (a worker that fails lives a few seconds),
+    to tell which node the pid in an error belongs to: all nodes share 127.0.0.1 here."""
+
+    def __init__(self, cluster: LocalCluster, node: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.node = cluster, node
+        self.pids: set[int] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.pids.update(self.cluster.node_pids(self.node))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
 def kill_when_backed_up(cluster: LocalCluster, storage: Path, node: int, record: dict) -> None:
     """Kill ``node`` once a member running there has backed up an epoch (and not all).
 
@@ -188,20 +208,23 @@ def main() -> int:
             "storage_left": storage.exists(),
         }
         save()
-        # More workers than the cluster has CPUs even while Ray still counts the killed node
-        # alive (it may, for a while): the check must refuse before any training, whenever.
+        # Two workers: what the cluster held before the kill, one more than the head alone.
+        # Ray may still count the killed node alive for a while; the check must refuse
+        # before any training all the same.
+        records.lines.clear()
         results["capacity"] = train(
             project,
             **{"train.distribute.engine": "ray", "train.distribute.strategy": "multi_worker",
-               "train.distribute.workers": 4},
+               "train.distribute.workers": 2},
         )  # fmt: skip
+        results["capacity"]["log"] = list(records.lines)
         save()
         broken = args.work / "broken"
         broken.mkdir(exist_ok=True)
         (broken / "sitecustomize.py").write_text(BROKEN_IMPORT)
-        os.environ["PYTHONPATH"] = f"{broken}{os.pathsep}{os.environ['PYTHONPATH']}"
-        cluster.add_node(1)
-        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+        # Only this node's processes (its raylet, and the workers it starts) get the hook.
+        path = os.pathsep.join(filter(None, [str(broken), os.environ.get("PYTHONPATH")]))
+        broken_node = cluster.add_node(1, env={"PYTHONPATH": path})
         models = project / "models"
         # SPREAD is best effort: on a loaded machine both members can land on the healthy head
         # (the run then succeeds and proves nothing). Run again, at most three times, until a
@@ -209,14 +232,18 @@ def main() -> int:
         for attempt in range(1, 4):
             before = (models / "classifier" / "provenance.json").read_bytes()
             records.lines.clear()
+            watcher = PidWatcher(cluster, broken_node)
+            watcher.start()
             run = train(
                 project,
                 **{"train.distribute.engine": "ray", "settings.train.ray_retries": 0,
                    "train.seed": 6 + attempt},
             )  # fmt: skip
+            watcher.stop()
             results["broken_node"] = {
                 **run,
                 "attempts": attempt,
+                "broken_node_pids": sorted(watcher.pids),
                 "log": list(records.lines),
                 "model_unchanged": before
                 == (models / "classifier" / "provenance.json").read_bytes(),

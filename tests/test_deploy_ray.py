@@ -62,6 +62,10 @@ def test_the_dockerfile_copies_what_exists_and_pins_the_lock():
             if source != "models/repository":  # built by the serve stage, not in git
                 assert (ROOT / source).exists(), source
     assert re.search(r"^FROM python:3\.11", text, flags=re.MULTILINE)
+    # The nodes' site folder (maas.serving.ray.site) is where the image copies src/ to.
+    workdir = re.search(r"^WORKDIR (\S+)$", text, flags=re.MULTILINE)[1]
+    path = re.search(r"^ENV PYTHONPATH=(\S+)$", text, flags=re.MULTILINE)[1]
+    assert (ROOT / Path(path).relative_to(workdir) / "sitecustomize.py").is_file(), path
 
 
 def test_bad_service_args_are_refused_with_the_key():

@@ -375,7 +375,7 @@ class TrainSettings:
     startup_timeout_s: int  # local jobs: the first training step must come within this
     timeout_s: int  # local and Ray jobs: the whole training must end within this
     ray_address: str  # the Ray cluster ("host:port"); "": RAY_ADDRESS, else a local Ray
-    ray_connect_timeout_s: int  # an address that does not answer within this is an error
+    ray_connect_timeout_s: int  # an address, or multi_worker's CPUs, not there within this: error
     ray_cpus_per_worker: int  # CPUs (and TensorFlow threads) of each member or worker
     ray_storage: str  # checkpoints every node reads: a shared path (relative: to the project)
     ray_retries: int  # times a member, or the multi-worker group, restarts after a lost node

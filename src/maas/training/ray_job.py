@@ -17,7 +17,9 @@ Faults: a node lost mid-training makes Ray run its members again on the nodes le
 resumes from its last epoch backup; the log names the node lost, the members it held, and
 where and from which epoch they resumed. A member that fails (an error, a worker that died,
 no retries left) stops the run with :class:`RayTrainingError` naming the member and its
-node; nothing is exported, so ``models/classifier`` stays as it was.
+node; nothing is exported, so ``models/classifier`` stays as it was. A cluster that cannot
+hold the job is refused before anything starts (:class:`RayClusterError`), counting only the
+nodes whose raylet answers (Ray's own view lags a node's death).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from maas.training.ray_tasks import ATTEMPTS_FILE, attempts_of, multi_worker_loo
 
 log = logging.getLogger(__name__)
 
+_SILENT: set[str] = set()  # nodes Ray counts alive whose raylet did not answer
 _RAY_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)\s]+)\)")
 
 
@@ -88,18 +91,44 @@ def connect(address: str | None) -> None:
     log.info("Ray cluster: %s, %s", address or "a local Ray", describe_nodes(alive_nodes()))
 
 
-def alive_nodes() -> dict[str, dict[str, Any]]:
-    """Node id -> ``{"address": ..., "cpus": ...}`` of the cluster's living nodes."""
+def alive_nodes(probe_timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Node id -> ``{"address": ..., "cpus": ...}`` of the cluster's living nodes.
+
+    Ray declares a node dead only once its health checks have failed for a while (seconds
+    to tens of seconds); until then ``ray.nodes()`` still counts it alive and a placement
+    may wait on it forever. So a node counts here only if its raylet also accepts a
+    connection within ``probe_timeout_s`` (a killed one refuses at once).
+    """
     import ray
 
-    return {
-        node["NodeID"]: {
+    alive = {}
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        if not answers(node["NodeManagerAddress"], node["NodeManagerPort"], probe_timeout_s):
+            if node["NodeID"] not in _SILENT:  # once, not at every look
+                _SILENT.add(node["NodeID"])
+                log.info(
+                    "Ray still counts node %s (%s) alive, but its raylet does not answer: %s",
+                    node["NodeID"][:8],
+                    node["NodeManagerAddress"],
+                    "left out",
+                )
+            continue
+        alive[node["NodeID"]] = {
             "address": node["NodeManagerAddress"],
             "cpus": int(node["Resources"].get("CPU", 0)),
         }
-        for node in ray.nodes()
-        if node["Alive"]
-    }
+    return alive
+
+
+def answers(host: str, port: int, timeout_s: float) -> bool:
+    """Whether something accepts a TCP connection at ``host:port`` within ``timeout_s``."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def describe_nodes(nodes: dict[str, dict[str, Any]]) -> str:
@@ -128,6 +157,32 @@ def check_capacity(
             "settings.train.ray_cpus_per_worker or train.distribute.workers"
         )
     return slots
+
+
+def check_reservable(*, workers: int, cpus: int, what: str, timeout_s: float) -> None:
+    """Reserve ``workers`` slots of ``cpus`` CPUs at once, then free them: a group that
+    cannot start within ``timeout_s`` is an error now, not a wait without end in Ray Train
+    (CPUs held by other jobs, or a node that fails as the group is placed).
+
+    Raises:
+        RayClusterError: the reservation was not granted within ``timeout_s``.
+    """
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": cpus}] * workers, strategy="SPREAD")
+    try:
+        ready = group.wait(timeout_seconds=timeout_s)
+    finally:
+        remove_placement_group(group)
+    if not ready:
+        free = ray.available_resources().get("CPU", 0)
+        raise RayClusterError(
+            f"the Ray cluster could not make room for {what} within {timeout_s:g} s: "
+            f"{workers} worker(s) of {cpus} CPU(s) each, all at once, with {free:g} CPU(s) "
+            "free now (other work holds them, or a node failed). Try again when the "
+            "cluster is free, or raise settings.train.ray_connect_timeout_s"
+        )
 
 
 def run_storage(settings: TrainSettings, paths: Paths, params: TrainParams) -> Path:
@@ -290,6 +345,9 @@ def train_multi_worker(
     workers, cpus = params.distribute.workers, settings.ray_cpus_per_worker
     nodes = alive_nodes()
     check_capacity(nodes, workers=workers, cpus=cpus, what="multi_worker", together=True)
+    check_reservable(
+        workers=workers, cpus=cpus, what="multi_worker", timeout_s=settings.ray_connect_timeout_s
+    )
     log.info("multi_worker: %d Ray Train worker(s) on %s", workers, describe_nodes(nodes))
     trainer = TensorflowTrainer(
         multi_worker_loop,

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 # On a loaded 2-core machine a node's agents take longer to start than Ray waits by default.
 STARTUP_NICE = -10
-STARTED = "Ray runtime started."  # what a node prints once it has registered
+STARTED = "Ray runtime started."
+SITE = (
+    Path(__file__).resolve().parent / "site"
+)  # its sitecustomize runs in every node process  # what a node prints once it has registered
 SLOW_MACHINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # loopback only: no token to hand to every client
@@ -56,8 +59,9 @@ class LocalCluster:
         work: folder for the nodes' logs.
         port: the head's GCS port.
         object_store_mb: each node's object store.
-        env: more environment for the nodes (over this process's, ``SLOW_MACHINE_ENV`` and
-            ``SERVE_ENV``).
+        env: more environment for the nodes (over this process's, ``SLOW_MACHINE_ENV``,
+            ``SERVE_ENV`` and a ``PYTHONPATH`` that starts with ``SITE``; a ``PYTHONPATH`` here
+            replaces that one).
     """
 
     def __init__(
@@ -73,22 +77,38 @@ class LocalCluster:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.object_store_mb = object_store_mb
-        self.env = {**os.environ, **SLOW_MACHINE_ENV, **SERVE_ENV, **(env or {})}
+        # The site folder first on the nodes' path: every process they start defers a grammar
+        # that `import ray` would build (maas.serving.ray.site.sitecustomize).
+        path = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
+        self.env = {
+            **os.environ,
+            **SLOW_MACHINE_ENV,
+            **SERVE_ENV,
+            "PYTHONPATH": path,
+            **(env or {}),
+        }
         # Short: Ray's socket paths must fit in 107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
         self._logs: list = []
 
     def add_node(
-        self, num_cpus: int, *, head: bool = False, timeout: float = 180, attempts: int = 4
+        self,
+        num_cpus: int,
+        *,
+        head: bool = False,
+        timeout: float = 180,
+        attempts: int = 4,
+        env: dict[str, str] | None = None,
     ) -> int:
         """Start a node (the head first); return its index once the cluster sees it.
 
         A raylet whose agents start too slowly (a loaded machine) exits at once: it is
-        started again, up to ``attempts`` times.
+        started again, up to ``attempts`` times. ``env``: this node's own environment over
+        the cluster's (its raylet and every worker it starts inherit it).
         """
         for attempt in range(1, attempts + 1):
-            index = self._start_node(num_cpus, head=head)
+            index = self._start_node(num_cpus, head=head, env=env)
             try:
                 self.wait_nodes(index + 1, timeout)
                 self._renice(index, 0)
@@ -103,7 +123,7 @@ class LocalCluster:
                     self.temp_dir = tempfile.mkdtemp(prefix="rmaas", dir="/tmp")
         raise AssertionError("unreachable")
 
-    def _start_node(self, num_cpus: int, *, head: bool) -> int:
+    def _start_node(self, num_cpus: int, *, head: bool, env: dict[str, str] | None) -> int:
         boost = ["nice", "-n", str(STARTUP_NICE)] if os.geteuid() == 0 else []
         command = [*boost, sys.executable, "-m", "maas.serving.ray.cluster"]
         command += ["--num-cpus", str(num_cpus), "--temp-dir", self.temp_dir]
@@ -113,7 +133,9 @@ class LocalCluster:
         index = len(self.nodes)
         log_file = (self.work / f"node{index}.log").open("a")
         self.nodes.append(
-            subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env)
+            subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}
+            )
         )
         self._logs.append(log_file)
         return index

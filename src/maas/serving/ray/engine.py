@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +104,14 @@ def connect(options: RayOptions) -> bool:
         check_reachable(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return False
-    from maas.serving.ray.cluster import SERVE_ENV, SLOW_MACHINE_ENV
+    from maas.serving.ray.cluster import SERVE_ENV, SITE, SLOW_MACHINE_ENV
 
+    # Read by the local Ray's processes, which this process starts: they inherit them.
     for name, value in {**SLOW_MACHINE_ENV, **SERVE_ENV}.items():
         os.environ.setdefault(name, value)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(SITE), os.environ.get("PYTHONPATH")])
+    )
     try:
         ray.init(
             num_cpus=options.num_cpus,
@@ -208,22 +212,45 @@ class RayController:
     # ---- start and stop ---------------------------------------------------------------
 
     def start(self, host: str, port: int, ssl_files: tuple[str, str] | None = None) -> None:
-        """Ray Serve without its HTTP proxies, and a front door on every node.
+        """Ray Serve without its HTTP proxies; a front door asked for on every node.
+
+        Returns once Serve's controller runs; the fronts start meanwhile and go on starting
+        (:meth:`wait_fronts`) while the models deploy.
 
         Raises:
-            FrontError: the port is taken, or a front could not listen on a node.
+            FrontError: the port is taken.
         """
         from ray import serve
 
         check_port_free(host, port)  # before anything starts: a clear error, nothing to undo
-        self.table = routing_table()
-        self.fronts = Fronts(self.config, host, port, ssl_files)
-        self.fronts.launch()  # they start while Serve's controller does
-        serve.start(proxy_location="Disabled", logging_config=QUIET_LOGS)
+        # Serve's controller first: every deployment waits for it, and asked for first it
+        # takes a worker that Ray started for this job as it connected (Ray imported
+        # already) instead of starting one. The routing table and the fronts meanwhile.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-start") as pool:
+            serve_started = pool.submit(
+                serve.start, proxy_location="Disabled", logging_config=QUIET_LOGS
+            )
+            wait_controller_asked(serve_started)
+            self.table = routing_table()
+            self.fronts = Fronts(self.config, host, port, ssl_files)
+            self.fronts.launch()
+            serve_started.result()
+
+    def wait_fronts(self) -> None:
+        """Wait for the fronts that :meth:`start` asked for.
+
+        Raises:
+            FrontError: a front could not listen on a node.
+        """
+        assert self.fronts is not None, "start() first"
         self.fronts.wait()
-        scheme = "https" if ssl_files else "http"
+        scheme = "https" if self.fronts.ssl_files else "http"
         log.info(
-            "front doors on %d nodes at %s://%s:%d", len(self.fronts.actors), scheme, host, port
+            "front doors on %d nodes at %s://%s:%d",
+            len(self.fronts.actors),
+            scheme,
+            self.fronts.host,
+            self.fronts.port,
         )
 
     def shutdown(self) -> None:
@@ -243,9 +270,15 @@ class RayController:
 
     # ---- one step -----------------------------------------------------------------------
 
-    def step(self) -> None:
-        """Poll the repository, rescale served versions, publish, delete drained apps."""
-        self._ensure_fronts()
+    def step(self, *, fronts: bool = True) -> None:
+        """Poll the repository, rescale served versions, publish, delete drained apps.
+
+        Args:
+            fronts: first give every node that has none its front (not while the first
+                fronts still start: the models deploy meanwhile).
+        """
+        if fronts:
+            self._ensure_fronts()
         dropped = self.repository.poll()
         for loaded in dropped:
             self._delete_later(loaded.runtime.app)
@@ -518,6 +551,21 @@ def _model_snapshot(state, running: dict[str, int]) -> ModelSnapshot:
     return ModelSnapshot(state.config, state.config_error, status, served, replicas)
 
 
+def wait_controller_asked(starting: Future, timeout: float = 10.0) -> None:
+    """Wait until Ray knows of Serve's controller (its creation asked for, not done), or
+    ``serve.start`` ended, or ``timeout``: what is asked for after it comes second."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    deadline = time.monotonic() + timeout
+    while not starting.done() and time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            return
+        except ValueError:  # not yet
+            time.sleep(0.02)
+
+
 def wait_running(app: str, timeout: float) -> None:
     """Wait until a Serve application runs; a clear error when it fails or cannot schedule."""
     from ray import serve
@@ -533,6 +581,9 @@ def wait_running(app: str, timeout: float) -> None:
                 return
             if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
                 raise RayEngineError(f"{app} failed to deploy: {message[:2000]}")
+        # Not faster: each serve.status() has the controller describe every application
+        # (at 0.1 s, the faults case of the Ray tests twice saw a deployment not finish in
+        # time on the loaded 2-core machine).
         time.sleep(0.5)
     raise RayEngineError(f"{app} did not start within {timeout:g} s: {message[:2000]}")
 
@@ -546,13 +597,18 @@ def serve(
     ssl_files: tuple[str, str] | None = None,
 ) -> int:
     """Run the controller until SIGTERM or SIGINT; return the exit status."""
+    from maas.serving.ray.site.sitecustomize import defer
+
+    defer()  # before Ray is imported: see maas.serving.ray.site.sitecustomize
     import ray
 
+    begun = time.monotonic()
     try:
         started = connect(options)
     except (RayEngineError, ConnectionError) as error:
         log.error("%s", error)
         return 2
+    log.info("start-up: connected to Ray in %.1f s", time.monotonic() - begun)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -560,13 +616,17 @@ def serve(
     try:
         check_resources(options)
         controller.start(host, port, ssl_files)
-        controller.step()
+        log.info("start-up: Serve up at %.1f s", time.monotonic() - begun)
+        controller.step(fronts=False)  # the models deploy while the fronts start
         if options.ensembles:
             controller.deploy_ensembles()
+        log.info("start-up: models deployed at %.1f s", time.monotonic() - begun)
+        controller.wait_fronts()
         log.info(
-            "serving %s on Ray at %s",
+            "serving %s on Ray at %s (start-up: %.1f s)",
             config.model_repository,
             ray.get_runtime_context().gcs_address,
+            time.monotonic() - begun,
         )
         interval = config.poll_interval_s
         while not stop.wait(interval if interval > 0 else 1.0):
