@@ -89,6 +89,18 @@ async def predict_texts(
     Raises:
         Overloaded: the model's queue is full (answered at once, counted in the metrics).
     """
+    if loaded.route is not None:  # a rollout's request: measured, with a fallback or shadow
+
+        async def call(version: LoadedVersion, texts: list[str]) -> Predictions:
+            return await _predict_on(state, notes, version, texts)
+
+        return await loaded.route.run(call, loaded, texts)
+    return await _predict_on(state, notes, loaded, texts)
+
+
+async def _predict_on(
+    state: ServerState, notes: MutableMapping, loaded: LoadedVersion, texts: list[str]
+) -> Predictions:
     note_model(notes, loaded.model, loaded.version)
     try:
         bound = state.repository.config(loaded.model)[0].max_queue

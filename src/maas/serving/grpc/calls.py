@@ -21,6 +21,7 @@ import grpc
 from maas.serving.auth import KeyChecker, presented_key
 from maas.serving.errors import Overloaded, ServingError
 from maas.serving.metrics import SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
+from maas.serving.routing import set_caller
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ def call_notes() -> dict:
         notes: dict = {}
         _notes.set(notes)
         return notes
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as HTTP-style headers (lower-case names, bytes)."""
+    return [
+        (key.encode("latin-1"), value.encode("latin-1") if isinstance(value, str) else value)
+        for key, value in context.invocation_metadata() or ()
+    ]
 
 
 def protocol_of(method: str) -> str:
@@ -97,6 +106,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def observed(request, context: grpc.aio.ServicerContext):
             notes: dict = {}
             _notes.set(notes)
+            set_caller(_metadata(context))  # for sticky rollouts
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
