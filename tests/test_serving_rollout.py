@@ -15,11 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import yaml
 from serving_support import ServerProcess, tflite_artifact, wait_for
 
+from maas.ports import free_port
 from maas.provenance import PROVENANCE_FILE, file_hashes, read_json, write_json
 from maas.registry.status import fetch_status, render_status
 from maas.serving import layout
@@ -70,6 +72,7 @@ def server(small_project, tmp_path_factory):
         5: None,  # a good candidate: the same model
         6: {"constant_class": RARE_CLASS},  # the shadow case's
         7: None,
+        9: None,  # the sticky case's
     }
     faulty_copy(lite, root / MODEL / str(PROD), None)
     for version, faults in bad.items():
@@ -78,18 +81,20 @@ def server(small_project, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SWITCH, "1")
         log_path = tmp_path_factory.mktemp("rollout-log") / "server.log"
-        process = ServerProcess(
-            ["--model-repository", str(root), "--poll-interval", "0.2"], log_path
-        )
+        grpc_port = free_port()
+        args = ["--model-repository", str(root), "--poll-interval", "0.2"]
+        process = ServerProcess([*args, "--grpc-port", str(grpc_port)], log_path)
     try:
         process.wait_ready()
-        process.root = root
+        process.root, process.grpc_port = root, grpc_port
         yield process
     finally:
         process.stop()
 
 
-def start(server, candidate: int, *, mode="canary", share=20.0, **window) -> RolloutSpec:
+def start(
+    server, candidate: int, *, mode="canary", share=20.0, sticky="", **window
+) -> RolloutSpec:
     """Start a rollout of ``candidate`` beside whichever version holds prod now."""
     model_dir = server.root / MODEL
     baseline = layout.read_config(model_dir).labels["prod"]
@@ -99,6 +104,7 @@ def start(server, candidate: int, *, mode="canary", share=20.0, **window) -> Rol
         "baseline": baseline,
         "candidate": candidate,
         "share": share,
+        "sticky": sticky,
         "window": {"requests": window.get("requests", 60), "seconds": window.get("seconds", 30)},
         "min_requests": window.get("min_requests", 30),
         "bounds": {"max_p99_ratio": 2.0, "p99_slack_ms": 5.0},
@@ -220,6 +226,36 @@ def test_shadow_answers_from_prod_and_rolls_back_a_disagreeing_candidate(server,
     assert record["figures"]["agreement"] < 0.5
     assert load.failures()[0] == 0
     assert {v for _, s, v in load.results if s == 200} == {spec.baseline}  # prod answered all
+
+
+def test_a_sticky_canary_keeps_each_caller_on_one_side_over_rest_and_grpc(server, texts):
+    from maas.serving.grpc import grpc_predict_v2_pb2 as oip
+    from maas.serving.grpc import grpc_predict_v2_pb2_grpc as oip_grpc
+
+    spec = start(server, 9, share=50.0, sticky="header:x-user", requests=10**6, seconds=300)
+    sides = {}
+    with (
+        server.client() as client,
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        for user in (f"user-{n}" for n in range(16)):
+            seen = set()
+            for text in texts[:4]:
+                body = {"model": MODEL, "text": text}
+                response = client.post("/predict", json=body, headers={"x-user": user})
+                seen.add(response.json()["version"])
+                request = oip.ModelInferRequest(model_name=MODEL)
+                tensor = request.inputs.add(name="texts", datatype="BYTES", shape=[1])
+                tensor.contents.bytes_contents.append(text.encode())
+                reply = stub.ModelInfer(request, metadata=(("x-user", user),))
+                seen.add(int(reply.model_version))
+            assert len(seen) == 1, (user, seen)  # the same side, whichever protocol
+            sides[user] = seen.pop()
+    assert set(sides.values()) == {spec.baseline, spec.candidate}
+    layout.pin_version(server.root / MODEL, spec.baseline, label="prod")  # end it by hand
+    with server.client() as client:
+        wait_for(lambda: _available(client) == {spec.baseline}, timeout=20, interval=0.1)
 
 
 def test_bad_rollouts_get_a_clear_error_and_prod_keeps_serving(server, texts, tmp_path):

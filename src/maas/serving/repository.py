@@ -163,8 +163,12 @@ class ServedModels:
                     404, f"version {number} of model {model!r} is not available{detail}"
                 )
             return served[number]
-        if state.config.rollout is not None and self.rollouts is not None and served:
-            return self.rollouts.route(model, state.config.rollout, served, state.status)
+        rollout = state.config.rollout
+        if rollout is not None and served:  # prod's traffic, split or mirrored
+            if self.rollouts is not None:
+                return self.rollouts.route(model, rollout, served, state.status)
+            if rollout.baseline in served:  # no router here (an ensemble's member): prod
+                return served[rollout.baseline]
         if not served:
             loading = "; the models are still loading, retry shortly" if self.polls == 0 else ""
             raise ServingError(503, f"model {model!r} has no version available{loading}")
@@ -294,8 +298,7 @@ class ModelRepository(ServedModels):
         if self.load_version is not None:
             runtime = self.load_version(name, version, path, config)
         else:
-            runtime = load_runtime(path, verify=True)
-        runtime = faults.wrap(runtime, path)
+            runtime = faults.wrap(load_runtime(path, verify=True), path)
         labels = len(runtime.labels)
         for size in self.warmup_batch_sizes:
             probabilities = runtime.predict([WARMUP_TEXT] * size)

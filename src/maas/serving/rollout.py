@@ -201,6 +201,14 @@ class SideStats:
         if class_ids is not None:
             self.classes.update(int(c) for c in class_ids)
 
+    def merge(self, other: SideStats) -> None:
+        """Add another process's counts (the Ray engine's ingresses report theirs)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        room = LATENCY_SAMPLES - len(self.latencies)
+        self.latencies.extend(other.latencies[: max(0, room)])
+        self.classes.update(other.classes)
+
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
@@ -221,6 +229,17 @@ class WindowStats:
     candidate: SideStats = field(default_factory=SideStats)
     compared: int = 0  # texts answered by both (shadow)
     agreed: int = 0
+
+    @classmethod
+    def merged(cls, parts: list[WindowStats]) -> WindowStats:
+        """The sum of several processes' statistics of one window."""
+        total = cls()
+        for part in parts:
+            total.baseline.merge(part.baseline)
+            total.candidate.merge(part.candidate)
+            total.compared += part.compared
+            total.agreed += part.agreed
+        return total
 
 
 @dataclass(frozen=True)

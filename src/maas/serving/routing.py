@@ -251,7 +251,7 @@ class Rollouts:
         carrying its :class:`Route` (``LoadedVersion.route``)."""
         live = self._live(model, spec)
         baseline, candidate = served.get(spec.baseline), served.get(spec.candidate)
-        if live.decision is None and candidate is None:
+        if live.decision is None and candidate is None and self.decides:
             known = status.get(spec.candidate)
             if known is not None and known.state == "END" and known.error:
                 self.decide(
@@ -285,20 +285,22 @@ class Rollouts:
         if live is None or live.spec.id != spec.id:
             live = LiveRollout(model, spec, self._recorded_decision(model, spec))
             self.live[model] = live
-            self.metrics.active.clear()
-            for other in self.live.values():
-                if other.decision is None:
-                    self._set_active(other)
+            self._refresh_active()
             if live.decision is None:
                 log.info(
                     json.dumps({"event": "rollout_started", "model": model, **live.summary()})
                 )
         return live
 
-    def _set_active(self, live: LiveRollout) -> None:
-        spec = live.spec
-        share = 100.0 if spec.mode == SHADOW else spec.share
-        self.metrics.active.labels(live.model, spec.mode, spec.baseline, spec.candidate).set(share)
+    def _refresh_active(self) -> None:
+        """``maas_rollout_active``: one series per rollout still undecided."""
+        self.metrics.active.clear()
+        for live in self.live.values():
+            if live.decision is None:
+                spec = live.spec
+                share = 100.0 if spec.mode == SHADOW else spec.share
+                labels = (live.model, spec.mode, spec.baseline, spec.candidate)
+                self.metrics.active.labels(*labels).set(share)
 
     def _recorded_decision(self, model: str, spec: RolloutSpec) -> Decision | None:
         """A decision already written for this rollout (by this server before a restart)."""
@@ -387,12 +389,13 @@ class Rollouts:
             with contextlib.suppress(ServingError):  # nothing served: the lookups say so
                 self.route(model, config.rollout, served, status)
             self.check(self.live[model])
+        self.forget_ended(set(in_progress))
+
+    def forget_ended(self, in_progress: set[str]) -> None:
+        """Drop the rollouts of models whose ``config.yaml`` no longer holds one."""
         for model in [m for m in self.live if m not in in_progress]:
             del self.live[model]
-        self.metrics.active.clear()
-        for live in self.live.values():
-            if live.decision is None:
-                self._set_active(live)
+        self._refresh_active()
 
     def decide(self, live: LiveRollout, decision: Decision) -> None:
         """Apply ``decision`` now (in memory), then write it to the model repository."""
@@ -401,10 +404,7 @@ class Rollouts:
         live.decision = decision
         spec = live.spec
         self.metrics.decisions.labels(live.model, decision.outcome).inc()
-        self.metrics.active.clear()
-        for other in self.live.values():
-            if other.decision is None:
-                self._set_active(other)
+        self._refresh_active()
         record = {
             "id": spec.id,
             "model": live.model,
@@ -443,6 +443,19 @@ class Rollouts:
                 model_dir,
                 error,
             )
+
+    def follow(self, model: str, spec: RolloutSpec, winner: int) -> None:
+        """Apply a decision made in another process (the Ray engine's controller)."""
+        live = self._live(model, spec)
+        if live.decision is None:
+            outcome = PROMOTE if winner == spec.candidate else ROLL_BACK
+            live.decision = Decision(outcome, "decided by the controller", {})
+            self._refresh_active()
+
+    def reports(self) -> dict[str, WindowStats]:
+        """``{rollout id: statistics}`` of every rollout in progress (what an ingress sends
+        the controller)."""
+        return {live.spec.id: live.stats for live in self.live.values() if live.decision is None}
 
     def status(self, model: str) -> dict[str, Any]:
         live = self.live.get(model)
