@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from serving_support import make_certificates  # noqa: E402  (this folder is on sys.path)
+from serving_support import faulty_artifact, make_certificates  # noqa: E402  (this folder is on sys.path)
 
 from maas.registry import operations  # noqa: E402
 from maas.serving import layout  # noqa: E402
@@ -327,18 +327,10 @@ def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
 def phase_canary(repo: Path, lite: Path) -> dict:
     """A canary that fails on some inputs, beside prod under load: the controller sums the
     ingresses' counts and rolls it back by itself; prod answers the failed calls."""
-    from maas.provenance import PROVENANCE_FILE, file_hashes, read_json, write_json
-    from maas.serving.faults import FAULTS_FILE
     from maas.serving.rollout import RolloutSpec
 
     model_dir = repo / "news"
-    candidate = model_dir / "3"
-    shutil.copytree(lite, model_dir / ".incoming")
-    (model_dir / ".incoming" / FAULTS_FILE).write_text(json.dumps({"fail_on": "BOOM"}))
-    record = read_json(model_dir / ".incoming" / PROVENANCE_FILE)
-    record["files"] = file_hashes(model_dir / ".incoming")
-    write_json(model_dir / ".incoming" / PROVENANCE_FILE, record)
-    (model_dir / ".incoming").rename(candidate)
+    faulty_artifact(lite, model_dir / "3", {"fail_on": "BOOM"})
     baseline = layout.read_config(model_dir).labels["prod"]
     raw = {"id": f"news-3-{int(time.time())}", "baseline": baseline, "candidate": 3,
            "share": 30, "window": {"requests": 40, "seconds": 25}, "min_requests": 20}  # fmt: skip

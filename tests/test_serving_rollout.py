@@ -9,23 +9,20 @@ client threads until the server has decided by itself.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 import yaml
-from serving_support import ServerProcess, tflite_artifact, wait_for
+from serving_support import ServerProcess, faulty_artifact, tflite_artifact, wait_for
 
 from maas.ports import free_port
-from maas.provenance import PROVENANCE_FILE, file_hashes, read_json, write_json
 from maas.registry.status import fetch_status, render_status
 from maas.serving import layout
-from maas.serving.faults import FAULTS_FILE, SWITCH
+from maas.serving.faults import SWITCH
 from maas.serving.rollout import (
     PROMOTE,
     ROLL_BACK,
@@ -40,18 +37,6 @@ PROD = 1
 RARE_CLASS = 0  # the class the small model predicts least (the constant-class version's)
 MARKER = "BOOM"  # texts holding it make the failing version fail
 CLIENTS = 6
-
-
-def faulty_copy(artifact: Path, target: Path, faults: dict | None) -> Path:
-    """A copy of ``artifact`` with ``faults.json``, its hash recorded in the provenance (so
-    the repository's integrity check passes and covers it)."""
-    shutil.copytree(artifact, target)
-    if faults is not None:
-        (target / FAULTS_FILE).write_text(json.dumps(faults))
-        record = read_json(target / PROVENANCE_FILE)
-        record["files"] = file_hashes(target)
-        write_json(target / PROVENANCE_FILE, record)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +59,9 @@ def server(small_project, tmp_path_factory):
         7: None,
         9: None,  # the sticky case's
     }
-    faulty_copy(lite, root / MODEL / str(PROD), None)
+    faulty_artifact(lite, root / MODEL / str(PROD), None)
     for version, faults in bad.items():
-        faulty_copy(lite, root / MODEL / str(version), faults)
+        faulty_artifact(lite, root / MODEL / str(version), faults)
     layout.pin_version(root / MODEL, PROD, label="prod")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SWITCH, "1")
@@ -133,6 +118,7 @@ class Load:
     def __init__(self, server, texts: list[str], *, marked_every: int = 5) -> None:
         self.server, self.texts, self.marked_every = server, texts, marked_every
         self.results: list[tuple[float, int, int | None]] = []  # (time, status, version)
+        self.marked: list[int | None] = []  # the versions that answered marked texts
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
 
@@ -141,7 +127,8 @@ class Load:
             n = worker
             while not self._stop.is_set():
                 text = self.texts[n % len(self.texts)]
-                if n % self.marked_every == 0:
+                marked = n % self.marked_every == 0
+                if marked:
                     text = f"{MARKER} {text}"
                 n += CLIENTS
                 tensor = {"name": "texts", "datatype": "BYTES", "shape": [1], "data": [text]}
@@ -151,6 +138,8 @@ class Load:
                         int(response.json()["model_version"]) if response.is_success else None
                     )
                     self.results.append((time.monotonic(), response.status_code, version))
+                    if marked:
+                        self.marked.append(version)
                 except httpx.HTTPError:
                     self.results.append((time.monotonic(), 0, None))
 
@@ -191,6 +180,8 @@ def test_a_bad_canary_is_rolled_back_by_itself_under_load(server, texts, candida
     assert load.failures(since=decided + 0.2)[0] == 0
     late = [v for t, s, v in load.results if t > decided + 0.2]
     assert late and set(late) == {spec.baseline}  # the candidate gets nothing any more
+    if candidate == 2:  # its failures were answered by prod, and say so
+        assert load.marked and candidate not in load.marked
     config = layout.read_config(server.root / MODEL)  # pinned back to prod
     assert config.rollout is None and config.versions == (spec.baseline,)
     assert "rollout_decision" in server.log() and spec.id in server.log()

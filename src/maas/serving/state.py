@@ -56,6 +56,7 @@ class Predictions:
     probabilities: np.ndarray  # (n, classes), float32
     class_ids: np.ndarray  # (n,), int
     labels: list[str]  # (n,) the class names
+    version: int = -1  # the version that answered (during a rollout: maybe not the resolved)
 
     def column(self, name: str) -> list:
         if name == "probabilities":
@@ -117,4 +118,4 @@ async def _predict_on(
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1)
     names = loaded.labels
-    return Predictions(probabilities, class_ids, [names[i] for i in class_ids])
+    return Predictions(probabilities, class_ids, [names[i] for i in class_ids], loaded.version)
