@@ -59,6 +59,7 @@ from maas.serving.rollout import (
     figures,
     window_closed,
 )
+from maas.serving.schemas import ERROR_RESPONSES
 
 log = logging.getLogger("maas.rollout")
 
@@ -470,7 +471,11 @@ class Rollouts:
 router = APIRouter(tags=["Rollouts"])
 
 
-@router.get("/v1/rollouts/{model}", summary="A model's rollout: progress, figures, decisions")
+@router.get(
+    "/v1/rollouts/{model}",
+    responses=ERROR_RESPONSES,
+    summary="A model's rollout: progress, figures, decisions",
+)
 async def rollout_status(model: str, request: Request) -> dict[str, Any]:
     state = request.app.state.maas
     state.repository.config(model)  # 404 for an unknown model
