@@ -329,8 +329,7 @@ class Rollouts:
             for class_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
                 label = loaded.labels[class_id]
                 self.metrics.classes.labels(live.model, version, role, label).inc(count)
-        if role != BASELINE:
-            self.check(live)
+        self.check(live)  # also prod's calls: a time window closes without canary traffic
 
     def mirror(self, live: LiveRollout, candidate: Any, texts: list[str], prod_ids: Any) -> None:
         """Send a copy of the request to the candidate, off the response path."""
