@@ -403,6 +403,9 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     )
     app = APP.format(1)
     spread = observer.timeline(app, lambda r: len({x["node"] for x in r}) >= 2, timeout=120)
+    # Replicas are listed while they start: killing one before the version serves stalls its
+    # deployment (seen once: the controller then waited for it through the rest of the run).
+    wait_for(lambda: answering() == "1", timeout=120)
     placement = observer.placement()
     load = Load(4)
     time.sleep(2)
