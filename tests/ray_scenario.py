@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from serving_support import make_certificates  # noqa: E402  (this folder is on sys.path)
+from serving_support import faulty_artifact, make_certificates  # noqa: E402  (this folder is on sys.path)
 
 from maas.registry import operations  # noqa: E402
 from maas.serving import layout  # noqa: E402
@@ -348,6 +348,65 @@ def phase_registry(work: Path, repo: Path, artifacts: list[Path]) -> dict:
     }  # fmt: skip
 
 
+def phase_canary(repo: Path, lite: Path) -> dict:
+    """A canary that fails on some inputs, beside prod under load: the controller sums the
+    ingresses' counts and rolls it back by itself; prod answers the failed calls."""
+    from maas.serving.rollout import RolloutSpec
+
+    model_dir = repo / "news"
+    faulty_artifact(lite, model_dir / "3", {"fail_on": "BOOM"})
+    baseline = layout.read_config(model_dir).labels["prod"]
+    raw = {"id": f"news-3-{int(time.time())}", "baseline": baseline, "candidate": 3,
+           "share": 30, "window": {"requests": 40, "seconds": 25}, "min_requests": 20}  # fmt: skip
+    spec = RolloutSpec.parse(raw, where="scenario", versions=(baseline, 3))
+    records: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def post(worker: int) -> None:
+        with client() as http:
+            n = worker
+            while not stop.is_set():
+                text = TEXTS[n % len(TEXTS)] + (" BOOM" if n % 3 == 0 else "")
+                n += 4
+                try:
+                    answer = http.post("/v2/models/news/infer", json=infer_body([text]))
+                    version = answer.json().get("model_version", "") if answer.is_success else ""
+                    records.append((time.monotonic(), answer.status_code, version))
+                except httpx.HTTPError:
+                    records.append((time.monotonic(), 0, ""))
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    layout.start_rollout(model_dir, spec)
+    decision_path = model_dir / layout.ROLLOUTS_DIR / f"{spec.id}.json"
+
+    def candidate_served() -> bool:
+        with client() as http:
+            status = http.get("/v1/models/news").json()["model_version_status"]
+        return any(s["version"] == "3" and s["state"] == "AVAILABLE" for s in status)
+
+    try:
+        deployed_seconds = wait_for(candidate_served, timeout=60)  # a Serve app to start
+        start = time.monotonic()
+        wait_for(decision_path.exists, timeout=spec.window_seconds + 5)
+        decided = time.monotonic()
+        time.sleep(2)  # after the decision: prod answers everything
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    after = [(code, version) for t, code, version in records if t > decided + 0.5]
+    return {
+        "decision": json.loads(decision_path.read_text()), "seconds": decided - start,
+        "deployed_seconds": deployed_seconds,
+        "requests": len(records), "failed": sum(code != 200 for _, code, _ in records),
+        "canary_answered": sum(version == "3" for _, _, version in records),
+        "after": sorted(set(after)), "baseline": baseline,
+        "config": (model_dir / layout.CONFIG_FILE).read_text(),
+    }  # fmt: skip
+
+
 def phase_broken_config(repo: Path) -> dict:
     path = repo / "news" / "config.yaml"
     good = path.read_text()
@@ -368,6 +427,9 @@ def phase_faults(repo: Path, cluster: LocalCluster, observer: Observer) -> dict:
     )
     app = APP.format(1)
     spread = observer.timeline(app, lambda r: len({x["node"] for x in r}) >= 2, timeout=120)
+    # Replicas are listed while they start: killing one before the version serves stalls its
+    # deployment (seen once: the controller then waited for it through the rest of the run).
+    wait_for(lambda: answering() == "1", timeout=120)
     placement = observer.placement()
     load = Load(4)
     time.sleep(2)
@@ -455,7 +517,8 @@ def main() -> int:
     def save() -> None:
         args.out.write_text(json.dumps(results, indent=1, default=str))
 
-    cluster = LocalCluster(args.work / "cluster")
+    # Fault injection on: the canary phase serves a version that fails on some inputs.
+    cluster = LocalCluster(args.work / "cluster", env={"MAAS_FAULT_INJECTION": "1"})
     server = None
     try:
         cluster.add_node(2, head=True)
@@ -502,6 +565,7 @@ def main() -> int:
             ("rolling_update", lambda: phase_rolling_update(args.repo, args.lite, observer)),
             ("broken_config", lambda: phase_broken_config(args.repo)),
             ("registry", lambda: phase_registry(args.work, args.repo, registry_artifacts)),
+            ("canary", lambda: phase_canary(args.repo, args.lite)),
             ("bad_input", lambda: bad_input(cluster, args.repo, args.work)),
             ("faults", lambda: phase_faults(args.repo, cluster, observer)),
             ("routing_lost", lambda: phase_routing_lost(observer)),

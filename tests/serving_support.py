@@ -67,6 +67,25 @@ def make_tflite_artifact(
     return target
 
 
+def faulty_artifact(artifact: Path, target: Path, faults: dict | None) -> Path:
+    """A copy of ``artifact`` with ``faults.json`` (:mod:`maas.serving.faults`), its hash
+    recorded in the provenance, so the server's integrity check passes and covers it. It
+    misbehaves only where the server runs with ``MAAS_FAULT_INJECTION=1``."""
+    import json
+
+    from maas.provenance import read_json
+    from maas.serving.faults import FAULTS_FILE
+
+    with atomic_dir(target) as out:
+        shutil.copytree(artifact, out, dirs_exist_ok=True)
+        if faults is not None:
+            (out / FAULTS_FILE).write_text(json.dumps(faults))
+            record = read_json(out / PROVENANCE_FILE)
+            record["files"] = file_hashes(out)
+            write_json(out / PROVENANCE_FILE, record)
+    return target
+
+
 def corrupt(artifact: Path) -> None:
     """Flip bytes in the model file of an artifact folder (its hash no longer matches)."""
     model = artifact / "model.tflite"

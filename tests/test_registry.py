@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,86 @@ def test_plain_git_checkout_and_dvc_checkout_restore_a_version(project: Path):
     run(project, DVC, "pull", "--quiet", "models/classifier")  # register pushed only that
     assert dvc_tree_md5(project / "models" / "classifier") == lock_md5(project, v1)
     assert verify_files(project / "models" / "classifier") == []
+
+
+# ---- canary rollouts: started by the CLI, decided by the server, recorded here ---------
+
+
+def decide_as_the_server(repository: Path, outcome: str) -> dict:
+    """What a server does when a rollout's window closes (maas.serving.routing): the
+    decision applied and written to the model repository, by the server's own code."""
+    from prometheus_client import CollectorRegistry
+
+    from maas.serving import layout
+    from maas.serving.rollout import Decision
+    from maas.serving.routing import LiveRollout, Rollouts
+
+    model_dir = repository / "classifier"
+    spec = layout.read_config(model_dir).rollout
+    rollouts = Rollouts(CollectorRegistry(), repository)
+    rollouts.decide(
+        LiveRollout("classifier", spec),
+        Decision(outcome, "as the test says", {"candidate_requests": 200}),
+    )
+    deadline = time.monotonic() + 10
+    while layout.read_config(model_dir).rollout is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return next(r for r in layout.read_decisions(model_dir) if r["id"] == spec.id)
+
+
+def test_canary_promotions_are_checked_started_and_recorded(
+    project: Path, tmp_path, capsys, caplog
+):
+    from maas.serving import layout
+
+    repository = tmp_path / "repository"
+    model_dir = repository / "classifier"
+    where = ["--project", str(project), "--model-repository", str(repository)]
+
+    def promote(version: str, *extra: str) -> int:
+        return maas_main(["models", "promote", "classifier", version, "--stage", "prod",
+                          *where, *extra])  # fmt: skip
+
+    assert promote("v2", "--canary", "10") == 1  # no version serves prod yet
+    assert "promote one without --canary first" in caplog.text
+    assert promote("v1") == 0
+    before_tags, before_files = git_tags(project), snapshot(repository)
+    for bad, words in (
+        (["v2", "--canary", "150"], "between 0 and 100"),
+        (["v2", "--canary", "-5"], "between 0 and 100"),
+        (["v7", "--canary", "10"], "unknown version 'v7.0.0'"),
+        (["v1", "--canary", "10"], "already serves stage 'prod'"),
+        (["v2", "--canary", "10", "--sticky", "cookie"], "sticky"),
+    ):
+        caplog.clear()
+        assert promote(*bad) == 1, bad
+        assert words in caplog.text, bad
+    assert git_tags(project) == before_tags and snapshot(repository) == before_files
+
+    assert promote("v2", "--canary", "10", "--sticky", "header:X-User") == 0
+    spec = layout.read_config(model_dir).rollout
+    assert (spec.baseline, spec.candidate, spec.share) == (1_000_000, 2_000_000, 10.0)
+    assert (model_dir / "2000000" / "weights.bin").exists()
+    assert tags.stage_holders(project, "classifier", "prod") == ["v1.0.0"]  # not yet decided
+    assert promote("v2", "--shadow") == 1  # two rollouts at once on one model
+    assert "already in progress" in caplog.text
+
+    record = decide_as_the_server(repository, "promoted")
+    assert layout.read_config(model_dir).labels == {"prod": 2_000_000}
+    assert maas_main(["models", "record", "classifier", *where]) == 0
+    assert record["id"] in capsys.readouterr().out
+    assert tags.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
+    assert f"id {record['id']}" in run(project, "git", "log", "-1", "classifier@v2.0.0")
+    assert maas_main(["models", "record", "classifier", *where]) == 0  # idempotent
+    assert "no decision to record" in capsys.readouterr().out
+
+    # A rolled-back canary: prod stays, the decision is noted on the candidate's commit.
+    assert promote("v1", "--canary", "50") == 0
+    rolled_back = decide_as_the_server(repository, "rolled_back")
+    assert layout.read_config(model_dir).labels == {"prod": 2_000_000}
+    assert maas_main(["models", "record", "classifier", *where]) == 0
+    assert tags.stage_holders(project, "classifier", "prod") == ["v2.0.0"]
+    assert maas_main(["models", "list", "classifier", "--project", str(project)]) == 0
+    listing = capsys.readouterr().out
+    assert "last rollout" in listing and "rolled_back" in listing and "promoted" in listing
+    assert rolled_back["id"] in run(project, "git", "log", "--all", "--notes")

@@ -170,6 +170,19 @@ def test_maas_models_promote_and_rollback_act_on_the_ray_deployment(scenario):
     assert listing == {"v1.0.0": ["prod"], "v2.0.0": []}
 
 
+def test_a_failing_canary_is_rolled_back_on_ray_and_prod_answers_its_failures(scenario):
+    record = phase(scenario, "canary")
+    decision = record["decision"]
+    assert decision["outcome"] == "rolled_back" and "error rate" in decision["reason"], decision
+    assert decision["winner"] == record["baseline"]
+    assert decision["figures"]["candidate_requests"] >= 20  # every ingress's counts, summed
+    assert record["seconds"] < 25  # within the window
+    assert record["failed"] <= 0.01 * record["requests"], record
+    assert record["after"] == [[200, str(record["baseline"])]]  # prod only, no failure
+    assert "rollout:" not in record["config"]  # pinned back to prod
+    assert '"event": "rollout_decision"' in scenario["server_log"]
+
+
 def test_a_broken_config_is_reported_and_the_model_keeps_serving(scenario):
     record = phase(scenario, "broken_config")
     assert record["status"]["config_error"].startswith("news/config.yaml")

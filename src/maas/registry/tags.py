@@ -190,11 +190,14 @@ def register(
     return registered[0]
 
 
-def assign_stage(root: str | Path, name: str, version: str, stage: str) -> list[str]:
+def assign_stage(
+    root: str | Path, name: str, version: str, stage: str, *, message: str | None = None
+) -> list[str]:
     """Make ``version`` the one holder of ``stage``; return the GTO tags written.
 
     The stage is unassigned from the versions holding it (``gto unassign``), then assigned
-    (``gto assign``), in distinct seconds so GTO's history orders them.
+    (``gto assign``, with ``message`` as the annotated tag's message), in distinct seconds
+    so GTO's history orders them.
     """
     from gto import api
 
@@ -210,7 +213,8 @@ def assign_stage(root: str | Path, name: str, version: str, stage: str) -> list[
             _after_last_event(root, name)
             tags.append(api.unassign(str(root), name, stage=stage, version=other).tag)
     _after_last_event(root, name)
-    tags.append(api.assign(str(root), name, stage, version=version, force=True).tag)
+    assigned = api.assign(str(root), name, stage, version=version, force=True, message=message)
+    tags.append(assigned.tag)
     log.info("%s %s now holds stage %s (%s)", name, version, stage, ", ".join(tags))
     return tags
 

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas import __version__
-from maas.serving import protocol_repository, protocol_v1, protocol_v2, seed_api
+from maas.serving import protocol_repository, protocol_v1, protocol_v2, routing, seed_api
 from maas.serving.auth import ApiKeyMiddleware, KeyGrant, KeyGuard, following_key_file
 from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.errors import ServingError
@@ -34,6 +34,7 @@ from maas.serving.layout import check_max_queue
 from maas.serving.limits import DEFAULT_LIMITS, BodySizeLimitMiddleware, Limits, QueueLimit
 from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
 from maas.serving.repository import END, LoadedVersion, ModelRepository, ServedModels
+from maas.serving.routing import CallerMiddleware, Rollouts
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
 
@@ -157,6 +158,7 @@ def build_state(config: ServerConfig) -> ServerState:
         make_predictor=make_predictor,
         warmup_batch_sizes=tuple(sorted(set(warmup))),
     )
+    repository.rollouts = Rollouts(metrics.registry, config.model_repository)
     queue = QueueLimit(config.max_queue)
     state = ServerState(repository, config.limits, metrics, config.default_model, queue)
     lock = asyncio.Lock()
@@ -208,6 +210,7 @@ def add_routes(app: FastAPI) -> None:
     app.include_router(protocol_v2.router)
     app.include_router(seed_api.router)
     app.include_router(protocol_repository.router)
+    app.include_router(routing.router)
     app.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], include_in_schema=False)
     _add_error_handlers(app)
 
@@ -218,6 +221,7 @@ def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics, guard: 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(ApiKeyMiddleware, guard=guard)
+    app.add_middleware(CallerMiddleware)  # the caller, for sticky rollouts
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
 
@@ -238,6 +242,8 @@ async def _poll_once(state: ServerState) -> None:
     for loaded in dropped:
         await loaded.predictor.close()  # finishes the requests it holds
     update_model_gauges(state)
+    if state.repository.rollouts is not None:
+        state.repository.rollouts.tick(state.repository)
     if _loaded_versions(state.repository) != before:
         freeze_heap()
 

@@ -13,6 +13,7 @@ Layout::
     keep_previous: 1           # versions kept loaded after they stop serving (0: none)
     max_queue: 64              # requests waiting for this model at most; more get 503 at once
                                # (default: the server's --max-queue; none: unbounded)
+    rollout: {...}             # a canary or shadow rollout in progress: see maas.serving.rollout
     scaling:                   # replicas of each version (the Ray engine; all optional)
       min_replicas: 1
       max_replicas: 4
@@ -34,6 +35,7 @@ Anything else in the folder (hidden folders such as the temporary sibling that
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -44,8 +46,9 @@ from typing import Any
 
 import yaml
 
-from maas.provenance import atomic_dir, verify_files, write_bytes
+from maas.provenance import atomic_dir, verify_files, write_bytes, write_json
 from maas.serving.errors import ServingError
+from maas.serving.rollout import RolloutSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,7 @@ class ModelConfig:
     keep_previous: int = 0  # versions that stay loaded after they stop serving
     scaling: Scaling | None = None  # None: the engine's defaults
     max_queue: int | None = None  # None: the server's --max-queue
+    rollout: RolloutSpec | None = None  # a canary or shadow rollout in progress
 
     @classmethod
     def parse(cls, raw: Any, *, where: str) -> ModelConfig:
@@ -129,6 +133,7 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
         known = {"version_policy", "versions", "labels", "keep_previous", "scaling", "max_queue"}
+        known.add("rollout")
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key {unknown[0]!r}")
@@ -155,7 +160,14 @@ class ModelConfig:
         max_queue = raw.get("max_queue")
         if max_queue is not None:
             max_queue = check_max_queue(max_queue, where=f"{where}: max_queue")
-        return cls(policy, tuple(versions), dict(labels), keep_previous, scaling, max_queue)
+        rollout = raw.get("rollout")
+        if rollout is not None:
+            if policy != "specific":
+                raise ValueError(f"{where}: a rollout needs version_policy specific")
+            rollout = RolloutSpec.parse(rollout, where=where, versions=tuple(versions))
+        return cls(
+            policy, tuple(versions), dict(labels), keep_previous, scaling, max_queue, rollout
+        )
 
     def select(self, on_disk: list[int]) -> list[int]:
         """The versions this policy may serve, newest first.
@@ -278,12 +290,8 @@ def read_config_bytes(model_dir: str | Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
-def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
-    """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically.
-
-    ``keep_previous``, ``scaling`` and ``max_queue`` of the config in force are kept.
-    """
-    config = {"version_policy": "specific", "versions": [version], "labels": {label: version}}
+def _write_config(model_dir: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` over the settings of the config in force that it does not name."""
     with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError):
         existing = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
         if isinstance(existing, dict):
@@ -294,6 +302,57 @@ def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
     return write_bytes(Path(model_dir) / CONFIG_FILE, text)
 
 
+def read_config(model_dir: str | Path) -> ModelConfig | None:
+    """A model's ``config.yaml``, validated (``None``: the model has none).
+
+    Raises:
+        ValueError: the file is unreadable or malformed (the message names it).
+    """
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: {error}") from error
+    return ModelConfig.parse(raw, where=str(path))
+
+
+def start_rollout(model_dir: str | Path, spec: RolloutSpec) -> Path:
+    """Serve ``spec.baseline`` and ``spec.candidate`` side by side under ``spec``.
+
+    ``keep_previous``, ``scaling`` and ``max_queue`` of the config in force are kept.
+
+    Raises:
+        ValueError: a rollout of this model is already in progress, or the config in force
+            is malformed (nothing is written then).
+    """
+    current = read_config(model_dir)
+    if current is not None and current.rollout is not None:
+        raise ValueError(
+            f"a rollout of {Path(model_dir).name} is already in progress "
+            f"({current.rollout.id}: version {current.rollout.candidate} "
+            f"{current.rollout.mode}); wait for its decision first"
+        )
+    config = {
+        "version_policy": "specific",
+        "versions": [spec.baseline, spec.candidate],
+        "labels": {spec.stage: spec.baseline, spec.mode: spec.candidate},
+        "rollout": spec.to_yaml(),
+    }
+    return _write_config(model_dir, config)
+
+
+def pin_version(model_dir: str | Path, version: int, *, label: str) -> Path:
+    """Serve exactly ``version``, labelled ``label``: ``config.yaml`` replaced atomically.
+
+    ``keep_previous``, ``scaling`` and ``max_queue`` of the config in force are kept (a
+    rollout in progress is ended).
+    """
+    config = {"version_policy": "specific", "versions": [version], "labels": {label: version}}
+    return _write_config(model_dir, config)
+
+
 def restore_config(model_dir: str | Path, previous: bytes | None) -> None:
     """Put back a ``config.yaml`` read by :func:`read_config_bytes` (``None``: remove it)."""
     path = Path(model_dir) / CONFIG_FILE
@@ -302,3 +361,27 @@ def restore_config(model_dir: str | Path, previous: bytes | None) -> None:
             path.unlink()
     else:
         write_bytes(path, previous)
+
+
+# A rollout's decision, written by the server that made it: DIR/<model>/rollouts/<id>.json.
+# Not a version folder (not an integer), so the repository's scan passes over it.
+ROLLOUTS_DIR = "rollouts"
+
+
+def write_decision(model_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write a rollout's decision record (``record["id"]`` names it), atomically."""
+    return write_json(Path(model_dir) / ROLLOUTS_DIR / f"{record['id']}.json", dict(record))
+
+
+def read_decisions(model_dir: str | Path) -> list[dict[str, Any]]:
+    """The model's decision records, oldest first (unreadable ones are skipped, logged)."""
+    records = []
+    for path in sorted((Path(model_dir) / ROLLOUTS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            log.warning("skipping the decision record %s: %s", path, error)
+            continue
+        if isinstance(record, dict) and "id" in record:
+            records.append(record)
+    return sorted(records, key=lambda r: str(r.get("decided_at", "")))

@@ -190,7 +190,7 @@ async def _infer(request: Request, loaded: LoadedVersion, body: InferRequest) ->
     shapes = {"probabilities": [len(texts), len(loaded.labels)]}
     response: dict[str, Any] = {
         "model_name": loaded.model,
-        "model_version": str(loaded.version),
+        "model_version": str(predictions.version),
         "outputs": [
             {
                 "name": name,

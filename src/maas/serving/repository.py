@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from maas.runtime import Runtime, load_runtime, read_provenance
+from maas.serving import faults
 from maas.serving.errors import ServingError
 from maas.serving.layout import (  # noqa: F401  (build_repository, publish_version: re-exported)
     CONFIG_FILE,
@@ -69,6 +70,7 @@ class LoadedVersion:
     provenance: dict[str, Any]
     loaded_at: float
     predictor: Any = None  # set by the server: a batcher or a direct predictor
+    route: Any = None  # set per request during a rollout (maas.serving.routing.Route)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -98,6 +100,7 @@ class ServedModels:
     def __init__(self) -> None:
         self._models: dict[str, _ModelState] = {}
         self.polls = 0  # 0: nothing known yet (the models are still loading)
+        self.rollouts: Any = None  # maas.serving.routing.Rollouts: splits prod's traffic
 
     def snapshot(self) -> tuple[dict[str, _ModelState], int]:
         """What the lookups read, as plain data (to publish to other processes)."""
@@ -160,6 +163,12 @@ class ServedModels:
                     404, f"version {number} of model {model!r} is not available{detail}"
                 )
             return served[number]
+        rollout = state.config.rollout
+        if rollout is not None and served:  # prod's traffic, split or mirrored
+            if self.rollouts is not None:
+                return self.rollouts.route(model, rollout, served, state.status)
+            if rollout.baseline in served:  # no router here (an ensemble's member): prod
+                return served[rollout.baseline]
         if not served:
             loading = "; the models are still loading, retry shortly" if self.polls == 0 else ""
             raise ServingError(503, f"model {model!r} has no version available{loading}")
@@ -289,7 +298,7 @@ class ModelRepository(ServedModels):
         if self.load_version is not None:
             runtime = self.load_version(name, version, path, config)
         else:
-            runtime = load_runtime(path, verify=True)
+            runtime = faults.wrap(load_runtime(path, verify=True), path)
         labels = len(runtime.labels)
         for size in self.warmup_batch_sizes:
             probabilities = runtime.predict([WARMUP_TEXT] * size)

@@ -69,7 +69,7 @@ async def predict(body: SeedRequest, request: Request) -> FastJSONResponse:
         }
         for label, row in zip(predictions.labels, predictions.probabilities, strict=True)
     ]
-    meta = {"model": loaded.model, "version": loaded.version}
+    meta = {"model": loaded.model, "version": predictions.version}
     if body.text is not None:
         return FastJSONResponse({**items[0], **meta})
     return FastJSONResponse({"predictions": items, **meta})

@@ -58,6 +58,7 @@ class Predictions:
     probabilities: np.ndarray  # (n, classes), float32
     class_ids: np.ndarray  # (n,), int
     labels: list[str]  # (n,) the class names
+    version: int = -1  # the version that answered (during a rollout: maybe not the resolved)
 
     def column(self, name: str) -> list:
         if name == "probabilities":
@@ -91,6 +92,18 @@ async def predict_texts(
     Raises:
         Overloaded: the model's queue is full (answered at once, counted in the metrics).
     """
+    if loaded.route is not None:  # a rollout's request: measured, with a fallback or shadow
+
+        async def call(version: LoadedVersion, texts: list[str]) -> Predictions:
+            return await _predict_on(state, notes, version, texts)
+
+        return await loaded.route.run(call, loaded, texts)
+    return await _predict_on(state, notes, loaded, texts)
+
+
+async def _predict_on(
+    state: ServerState, notes: MutableMapping, loaded: LoadedVersion, texts: list[str]
+) -> Predictions:
     note_model(notes, loaded.model, loaded.version)
     try:
         bound = state.repository.config(loaded.model)[0].max_queue
@@ -107,4 +120,4 @@ async def predict_texts(
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1)
     names = loaded.labels
-    return Predictions(probabilities, class_ids, [names[i] for i in class_ids])
+    return Predictions(probabilities, class_ids, [names[i] for i in class_ids], loaded.version)

@@ -23,6 +23,7 @@ import grpc
 from maas.serving.auth import KeyGrant, KeyGuard, presented_key
 from maas.serving.errors import Overloaded, RateLimited, ServingError
 from maas.serving.metrics import SCOPE_KEY_ID, SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
+from maas.serving.routing import set_caller
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,14 @@ def requested_model(request) -> str | None:
     return None
 
 
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as HTTP-style headers (lower-case names, bytes)."""
+    return [
+        (key.encode("latin-1"), value.encode("latin-1") if isinstance(value, str) else value)
+        for key, value in context.invocation_metadata() or ()
+    ]
+
+
 def protocol_of(method: str) -> str:
     return next((name for prefix, name in PROTOCOLS.items() if method.startswith(prefix)), "other")
 
@@ -130,6 +139,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def observed(request, context: grpc.aio.ServicerContext):
             notes: dict = dict(key_notes or {})
             _notes.set(notes)
+            set_caller(_metadata(context))  # for sticky rollouts
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:

@@ -137,7 +137,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         predictions = await predict_texts(self.state, call_notes(), loaded, texts)
         raw = wants_raw_outputs(request)
         response = pb.ModelInferResponse(
-            model_name=loaded.model, model_version=str(loaded.version), id=request.id
+            model_name=loaded.model, model_version=str(predictions.version), id=request.id
         )
         for name in names:
             values = _output_values(name, predictions)

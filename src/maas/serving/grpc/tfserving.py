@@ -114,7 +114,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         predictions = await predict_texts(self.state, call_notes(), loaded, texts)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.model
-        response.model_spec.version.value = loaded.version
+        response.model_spec.version.value = predictions.version
         response.model_spec.signature_name = SIGNATURE_NAME
         for name, tensor in output_tensors(predictions, names).items():
             response.outputs[name].CopyFrom(tensor)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from maas.runtime import load_runtime
+from maas.serving import faults
 from maas.serving.batching import DirectPredictor, DynamicBatcher
 from maas.serving.repository import WARMUP_TEXT
 
@@ -48,7 +49,7 @@ class ModelVersion:
     """
 
     def __init__(self, folder: str, max_batch_size: int, batch_timeout_s: float) -> None:
-        self.runtime = load_runtime(folder, verify=True)
+        self.runtime = faults.wrap(load_runtime(folder, verify=True), folder)
         self.runtime.predict([WARMUP_TEXT] * max(1, max_batch_size))
         if max_batch_size > 0:
             self.predictor = DynamicBatcher(

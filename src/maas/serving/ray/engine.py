@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from maas.serving.app import ServerConfig
 from maas.serving.errors import ServingError
@@ -44,6 +45,7 @@ from maas.serving.ray.ingress import (
     routing_table_lost,
 )
 from maas.serving.repository import AVAILABLE, ModelRepository, VersionStatus
+from maas.serving.routing import Rollouts
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,9 @@ class RayController:
         # order, so that a version switch meanwhile still reaches the ingresses at once.
         self._redeploys = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensemble")
         self.fronts: Fronts | None = None  # the front doors, when this controller runs them
+        # Decides the rollouts on the counts every ingress reports (the routing table sums
+        # them) and writes the decisions to the repository.
+        self.rollouts = Rollouts(CollectorRegistry(), config.model_repository)
 
     # ---- start and stop ---------------------------------------------------------------
 
@@ -283,10 +288,24 @@ class RayController:
         for loaded in dropped:
             self._delete_later(loaded.runtime.app)
         self._rescale()
+        self._follow_rollouts()
         self.publish()  # first: a version switch reaches the ingresses without waiting
         if self._follow_ensembles():
             self.publish()
         self._delete_due()
+
+    def _follow_rollouts(self) -> None:
+        """Sum the ingresses' counts of each rollout in progress, then let it decide."""
+        import ray
+
+        undecided = {
+            live.spec.id: live for live in self.rollouts.live.values() if live.decision is None
+        }
+        if undecided and self.table is not None:
+            stats = ray.get(self.table.rollout_stats.remote(list(undecided)))
+            for rollout_id, window in stats.items():
+                undecided[rollout_id].stats = window
+        self.rollouts.tick(self.repository)
 
     def _ensure_fronts(self) -> None:
         """A node that joined gets its front door; one that cannot listen is reported."""
@@ -306,7 +325,10 @@ class RayController:
         """Publish what is served when it changed, or when the routing table lost it."""
         models, polls = self.repository.snapshot()
         running = running_replicas()
-        snapshot = {name: _model_snapshot(state, running) for name, state in models.items()}
+        snapshot = {
+            name: _model_snapshot(state, running, self._winner(name, state.config))
+            for name, state in models.items()
+        }
         snapshot.update(self._ensembles)
         if snapshot != self._published or not self._table_holds_ours():
             import ray
@@ -319,6 +341,13 @@ class RayController:
                 self._replace_table(error)
                 self._generation = ray.get(self.table.publish.remote((snapshot, polls)))
             self._published = snapshot
+
+    def _winner(self, model: str, config: ModelConfig) -> int | None:
+        """The decided winner of the model's rollout in progress (None: undecided)."""
+        live = self.rollouts.live.get(model)
+        if config.rollout is None or live is None or live.spec.id != config.rollout.id:
+            return None
+        return live.winner()
 
     def _table_holds_ours(self) -> bool:
         """One small call per step: a table made anew (its actor died) must be filled again."""
@@ -534,7 +563,7 @@ def running_replicas() -> dict[str, int]:
     }
 
 
-def _model_snapshot(state, running: dict[str, int]) -> ModelSnapshot:
+def _model_snapshot(state, running: dict[str, int], winner: int | None = None) -> ModelSnapshot:
     served = {
         version: ServedVersion(
             app=loaded.runtime.app,
@@ -548,7 +577,7 @@ def _model_snapshot(state, running: dict[str, int]) -> ModelSnapshot:
     }
     status = tuple(sorted(state.status.values(), key=lambda s: -s.version))
     replicas = {v: running.get(info.app, 0) for v, info in served.items()}
-    return ModelSnapshot(state.config, state.config_error, status, served, replicas)
+    return ModelSnapshot(state.config, state.config_error, status, served, replicas, winner)
 
 
 def wait_controller_asked(starting: Future, timeout: float = 10.0) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from maas.serving.errors import VersionUnloaded
 from maas.serving.layout import ModelConfig
 from maas.serving.metrics import Metrics
 from maas.serving.repository import LoadedVersion, ServedModels, VersionStatus, _ModelState
+from maas.serving.rollout import WindowStats
+from maas.serving.routing import Rollouts
 from maas.serving.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class ModelSnapshot:
     status: tuple[VersionStatus, ...]
     served: dict[int, ServedVersion] = field(default_factory=dict)
     replicas: dict[int, int] = field(default_factory=dict)  # running, per served version
+    rollout_winner: int | None = None  # the controller's decision on config.rollout
 
 
 class RoutingTable:
@@ -77,6 +81,17 @@ class RoutingTable:
     def __init__(self) -> None:
         self.generation = 0
         self.snapshot: tuple[dict[str, ModelSnapshot], int] | None = None
+        self.reports: dict[str, dict[str, WindowStats]] = {}  # rollout -> ingress -> stats
+
+    def report(self, reporter: str, stats: dict[str, WindowStats]) -> None:
+        """An ingress replica's statistics of the rollouts in progress (all it has seen)."""
+        for rollout_id, window in stats.items():
+            self.reports.setdefault(rollout_id, {})[reporter] = window
+
+    def rollout_stats(self, rollout_ids: list[str]) -> dict[str, WindowStats]:
+        """Every ingress's statistics of these rollouts, summed; others are forgotten."""
+        self.reports = {k: v for k, v in self.reports.items() if k in rollout_ids}
+        return {k: WindowStats.merged(list(v.values())) for k, v in self.reports.items()}
 
     def publish(self, snapshot: tuple[dict[str, ModelSnapshot], int]) -> int:
         self.generation += 1
@@ -180,6 +195,10 @@ class RayDataPlane(ServedModels):
         self.server_config = config  # (``config`` is the lookup of a model's config)
         self.metrics = Metrics()  # replaced by the server's own when its lifespan starts
         self._predictors: dict[str, HandlePredictor] = {}
+        # Routes and counts a rollout's requests; the controller sums every ingress's counts
+        # and decides (its decision comes back in the snapshot).
+        self.rollouts = Rollouts(self.metrics.registry, None, decides=False)
+        self.reporter = uuid.uuid4().hex
 
     def apply(self, snapshot: tuple[dict[str, ModelSnapshot], int]) -> None:
         models, polls = snapshot
@@ -194,10 +213,21 @@ class RayDataPlane(ServedModels):
                 _close_later(predictor)
         self._predictors = {app: p for app, p in self._predictors.items() if app in apps}
         self.install(states, polls)
+        self._follow_rollouts(models)
         self.metrics.replicas.clear()
         for name, model in models.items():
             for version, count in model.replicas.items():
                 self.metrics.replicas.labels(name, str(version)).set(count)
+
+    def _follow_rollouts(self, models: dict[str, ModelSnapshot]) -> None:
+        in_progress = set()
+        for name, model in models.items():
+            spec = model.config.rollout
+            if spec is not None:
+                in_progress.add(name)
+                if model.rollout_winner is not None:
+                    self.rollouts.follow(name, spec, model.rollout_winner)
+        self.rollouts.forget_ended(in_progress)
 
     def _loaded(self, model: str, version: int, info: ServedVersion) -> LoadedVersion:
         predictor = self._predictors.get(info.app)
@@ -253,6 +283,7 @@ async def follow_routing(state: ServerState) -> AsyncIterator[None]:
 
     plane: RayDataPlane = state.repository  # type: ignore[assignment]
     plane.metrics = state.metrics
+    plane.rollouts = Rollouts(state.metrics.registry, None, decides=False)
     state.metrics.access_log_every = ACCESS_LOG_EVERY
     table = routing_table()
     task = asyncio.create_task(_refresh_forever(table, plane, state))
@@ -272,6 +303,9 @@ async def _refresh_forever(table: Any, plane: RayDataPlane, state: ServerState) 
             if snapshot is not None:
                 plane.apply(snapshot)
                 update_model_gauges(state)
+            reports = plane.rollouts.reports()
+            if reports:  # a few hundred numbers a rollout, five times a second
+                await table.report.remote(plane.reporter, reports)
         except Exception as error:  # the controller is gone or restarting: keep the last snapshot
             log.exception("reading the routing table failed; serving the last snapshot")
             if routing_table_lost(error):  # the controller publishes to the new one
