@@ -25,6 +25,7 @@ from maas.model import compile_classifier
 from maas.model.ensemble import build_ensemble
 from maas.provenance import atomic_dir, read_json, write_json
 from maas.splits import read_split
+from maas.text_stats import reference_statistics
 from maas.tokenizer import Tokenizer
 from maas.training import distributed
 from maas.training.callbacks import (
@@ -174,7 +175,11 @@ def export(
     *,
     summary: dict[str, Any],
 ) -> None:
-    """Write ``models/classifier``: the model, its tokenizer, history and provenance."""
+    """Write ``models/classifier``: the model, its tokenizer, history, provenance and the
+    validation split's statistics (what the server's drift monitor compares live texts with:
+    held-out texts, since every training token is in the vocabulary)."""
+    validation = read_split(paths.split("validation"))
+    reference = reference_statistics(validation.texts, validation.labels, tokenizer)
     export_classifier(
         model,
         tokenizer,
@@ -184,6 +189,7 @@ def export(
         history=result.history,
         inputs={"data": paths.processed_dir},
         root=paths.root,
+        reference=reference,
     )
 
 
