@@ -11,7 +11,8 @@ alike. Every statistic is a distribution (shares that sum to 1):
 * ``scripts``: letters per script (:func:`maas.unicode_text.script_of`);
 * ``languages``: texts per language (py3langid's 97 languages, from a text's first
   :data:`LANGUAGE_CHARS` characters; ``und`` for a text without letters);
-* ``classes``: texts per class (training labels; live: predicted classes).
+* ``classes``: texts per class (the labels), and ``predicted``: per class the model
+  predicted (live: the classes the server answered).
 
 This module is shared by export and serving: it imports neither training nor serving code.
 """
@@ -103,6 +104,7 @@ def reference_statistics(
     labels: Sequence[int],
     tokenizer: Tokenizer,
     *,
+    predicted: Sequence[int] | None = None,
     limit: int = REFERENCE_TEXTS,
     seed: int = 0,
 ) -> dict:
@@ -111,6 +113,9 @@ def reference_statistics(
     Args:
         texts: the training split's texts.
         labels: their class ids (indices into ``tokenizer.labels``).
+        predicted: the model's classes for the same texts, when known: live traffic's
+            predicted classes are compared with these (a model's predictions need not
+            follow the labels' mix), else with the labels.
         limit: summarise a seeded sample of this many texts at most (the class mix counts
             every label).
     """
@@ -129,8 +134,12 @@ def reference_statistics(
         unknown[features.unknown_bin] += 1
         scripts.update(features.scripts)
         languages[features.language] += 1
-    classes = Counter(int(label) for label in labels)
-    return {
+
+    def class_mix(ids: Sequence[int]) -> dict[str, float]:
+        counts = Counter(int(i) for i in ids)
+        return shares({name: counts.get(i, 0) for i, name in enumerate(tokenizer.labels)})
+
+    statistics = {
         "format": FORMAT,
         "texts": len(texts),
         "summarised": len(rows),
@@ -140,5 +149,8 @@ def reference_statistics(
         "unknown": shares(unknown),
         "scripts": shares(dict(scripts.most_common())),
         "languages": shares(dict(languages.most_common())),
-        "classes": shares({name: classes.get(i, 0) for i, name in enumerate(tokenizer.labels)}),
+        "classes": class_mix(labels),
     }
+    if predicted is not None:
+        statistics["predicted"] = class_mix(predicted)
+    return statistics

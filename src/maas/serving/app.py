@@ -36,6 +36,7 @@ from maas.serving.metrics import CONTENT_TYPE, Metrics, ObservabilityMiddleware
 from maas.serving.repository import END, LoadedVersion, ModelRepository, ServedModels
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
+from maas.serving.tap import TrafficSettings, TrafficTap, make_tap
 
 if TYPE_CHECKING:
     from maas.serving.grpc import GrpcSettings
@@ -63,6 +64,8 @@ class ServerConfig:
     # Requests waiting for one model at most (a model's `max_queue:` overrides); more are
     # refused at once with 503 + Retry-After. None: unbounded.
     max_queue: int | None = None
+    # The payload log (--payload-log) and drift on live inputs: see maas.serving.tap.
+    traffic: TrafficSettings = TrafficSettings()
 
     def __post_init__(self) -> None:
         if self.poll_interval_s < 0:
@@ -101,6 +104,9 @@ def create_app(
             raise FileNotFoundError(f"model repository not found: {config.model_repository}")
         state = build_state(config)
         app_lifespan = make_lifespan(config, state, checker)
+    state.tap = make_tap(config.traffic, state.metrics)
+    if state.tap is not None:
+        app_lifespan = with_tap(app_lifespan, state.tap)
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -115,6 +121,22 @@ def create_app(
     add_routes(app)
     add_middleware(app, config, state.metrics, checker)
     return app
+
+
+def with_tap(lifespan: Callable, tap: TrafficTap) -> Callable:
+    """``lifespan`` with the traffic tap's writer thread running inside it (what it holds is
+    written at shutdown, after the requests in flight)."""
+
+    @contextlib.asynccontextmanager
+    async def tapped(app: FastAPI) -> AsyncIterator[None]:
+        tap.start()
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            await asyncio.to_thread(tap.stop)
+
+    return tapped
 
 
 def build_state(config: ServerConfig) -> ServerState:

@@ -179,7 +179,10 @@ def export(
     validation split's statistics (what the server's drift monitor compares live texts with:
     held-out texts, since every training token is in the vocabulary)."""
     validation = read_split(paths.split("validation"))
-    reference = reference_statistics(validation.texts, validation.labels, tokenizer)
+    probabilities = model.predict(tokenizer.encode(validation.texts), verbose=0)
+    reference = reference_statistics(
+        validation.texts, validation.labels, tokenizer, predicted=probabilities.argmax(axis=1)
+    )
     export_classifier(
         model,
         tokenizer,

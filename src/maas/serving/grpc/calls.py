@@ -20,7 +20,13 @@ import grpc
 
 from maas.serving.auth import KeyChecker, presented_key
 from maas.serving.errors import Overloaded, ServingError
-from maas.serving.metrics import SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
+from maas.serving.metrics import (
+    SCOPE_MODEL,
+    SCOPE_TRAFFIC,
+    SCOPE_VERSION,
+    Metrics,
+    record_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +131,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _record(self, method, code, notes, context, seconds: float) -> None:
+        pending = notes.get(SCOPE_TRAFFIC)
+        if pending is not None:  # the payload log's record of this call
+            pending.finish(
+                seconds=seconds,
+                status=code.name,
+                protocol=protocol_of(method),
+                headers={
+                    key.encode("latin-1"): value if isinstance(value, bytes) else value.encode()
+                    for key, value in context.invocation_metadata() or ()
+                },
+            )
+
         def access() -> dict:
             metadata = dict(context.invocation_metadata() or ())
             return {
