@@ -7,7 +7,8 @@ sides use these same functions and bins, so a live text and a training text are 
 alike. Every statistic is a distribution (shares that sum to 1):
 
 * ``length``: tokens per text (the tokenizer's tokens, before truncation), in :data:`LENGTH_BINS`;
-* ``unknown``: the share of a text's kept tokens outside the vocabulary, in :data:`UNKNOWN_BINS`;
+* ``unknown``: the share of a text's kept tokens outside the vocabulary, in
+  :data:`UNKNOWN_BINS` (reference: held-out texts, which the vocabulary was not fitted on);
 * ``scripts``: letters per script (:func:`maas.unicode_text.script_of`);
 * ``languages``: texts per language (py3langid's 97 languages, from a text's first
   :data:`LANGUAGE_CHARS` characters; ``und`` for a text without letters);
@@ -79,15 +80,24 @@ def scripts_of(text: str) -> dict[str, int]:
 def text_features(text: str, tokenizer: Tokenizer) -> TextFeatures:
     """Measure one text as :func:`reference_statistics` measures the training texts."""
     tokens = tokenizer.tokens(text)
-    kept = tokens[: tokenizer.sequence_length]
-    index = tokenizer._index  # type: ignore[attr-defined]  # the lookup keys (folded form)
-    unknown = sum(token not in index for token in kept) / len(kept) if kept else 0.0
     return TextFeatures(
         length_bin=bisect.bisect_right(LENGTH_BINS, len(tokens)) - 1,
-        unknown_bin=bisect.bisect_right(UNKNOWN_BINS, unknown) - 1,
+        unknown_bin=_unknown_bin(tokens, tokenizer),
         scripts=scripts_of(text),
         language=language_of(text),
     )
+
+
+def unknown_bin(text: str, tokenizer: Tokenizer) -> int:
+    """The :data:`UNKNOWN_BINS` bin of a text's unknown-token rate."""
+    return _unknown_bin(tokenizer.tokens(text), tokenizer)
+
+
+def _unknown_bin(tokens: list[str], tokenizer: Tokenizer) -> int:
+    kept = tokens[: tokenizer.sequence_length]
+    index = tokenizer._index  # type: ignore[attr-defined]  # the lookup keys (folded form)
+    unknown = sum(token not in index for token in kept) / len(kept) if kept else 0.0
+    return bisect.bisect_right(UNKNOWN_BINS, unknown) - 1
 
 
 def shares(counts: dict[str, float] | Sequence[float]) -> dict[str, float] | list[float]:
@@ -104,36 +114,38 @@ def reference_statistics(
     labels: Sequence[int],
     tokenizer: Tokenizer,
     *,
+    held_out: Sequence[str] | None = None,
     predicted: Sequence[int] | None = None,
     limit: int = REFERENCE_TEXTS,
     seed: int = 0,
 ) -> dict:
-    """The statistics drift compares live traffic with, from the training texts.
+    """The statistics drift compares live traffic with.
 
     Args:
-        texts: the training split's texts.
-        labels: their class ids (indices into ``tokenizer.labels``).
-        predicted: the model's classes for the same texts, when known: live traffic's
+        texts: the training split's texts (lengths, scripts, languages).
+        labels: their class ids (indices into ``tokenizer.labels``): the class mix.
+        held_out: texts the tokenizer was not fitted on (the validation split), for the
+            unknown-token rate: every training token is in the vocabulary, so the training
+            texts alone would say 0 and any live text would look unusual.
+        predicted: the model's classes for some in-distribution texts: live traffic's
             predicted classes are compared with these (a model's predictions need not
             follow the labels' mix), else with the labels.
-        limit: summarise a seeded sample of this many texts at most (the class mix counts
-            every label).
+        limit: measure a seeded sample of this many texts at most (of each of ``texts``
+            and ``held_out``; the class mix counts every label).
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    rows = list(range(len(texts)))
-    if len(rows) > limit:
-        rows = sorted(random.Random(seed).sample(rows, limit))
     length = [0] * len(LENGTH_BINS)
-    unknown = [0] * len(UNKNOWN_BINS)
     scripts: Counter[str] = Counter()
     languages: Counter[str] = Counter()
-    for row in rows:
-        features = text_features(texts[row], tokenizer)
+    for text in _sample(texts, limit, seed):
+        features = text_features(text, tokenizer)
         length[features.length_bin] += 1
-        unknown[features.unknown_bin] += 1
         scripts.update(features.scripts)
         languages[features.language] += 1
+    unknown = [0] * len(UNKNOWN_BINS)
+    for text in _sample(texts if held_out is None else held_out, limit, seed):
+        unknown[unknown_bin(text, tokenizer)] += 1
 
     def class_mix(ids: Sequence[int]) -> dict[str, float]:
         counts = Counter(int(i) for i in ids)
@@ -142,7 +154,7 @@ def reference_statistics(
     statistics = {
         "format": FORMAT,
         "texts": len(texts),
-        "summarised": len(rows),
+        "held_out_texts": len(held_out) if held_out is not None else 0,
         "length_bins": list(LENGTH_BINS),
         "length": shares(length),
         "unknown_bins": list(UNKNOWN_BINS),
@@ -154,3 +166,10 @@ def reference_statistics(
     if predicted is not None:
         statistics["predicted"] = class_mix(predicted)
     return statistics
+
+
+def _sample(texts: Sequence[str], limit: int, seed: int) -> list[str]:
+    if len(texts) <= limit:
+        return list(texts)
+    rows = sorted(random.Random(seed).sample(range(len(texts)), limit))
+    return [texts[row] for row in rows]
