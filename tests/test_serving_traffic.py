@@ -19,11 +19,13 @@ from pathlib import Path
 
 import grpc
 import httpx
+import nbformat
 import numpy as np
 import pytest
 from corpus_fixtures import chinese_texts
 from prometheus_client.parser import text_string_to_metric_families
 from serving_support import free_port, running_server, tflite_artifact, wait_for, write_repository
+from traffic_fixtures import PII, PLAIN, secrets
 
 from maas.serving.auth import hash_key
 from maas.serving.drift import DriftMonitor
@@ -48,45 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("MAAS_CORPORA", "/work/shared/data/corpora"))
 KEY = "traffic-test-key-0123456789"
 
-# (text, the personal data in it): none of the second may be in the log.
-PII = [
-    (
-        "Write to john.doe@example.com or call +1 (415) 555-0132 about the shuttle launch.",
-        ["john.doe@example.com", "555-0132", "(415)"],
-    ),
-    (
-        "Card 4111 1111 1111 1111, account 000123456789, from 192.168.10.20 via "
-        "https://bank.example.org/login?user=jd",
-        ["4111 1111 1111 1111", "000123456789", "192.168.10.20", "bank.example.org"],
-    ),
-    (
-        "IPv6 2001:db8:85a3::8a2e:370:7334 and fe80::1%eth0 and ::ffff:10.0.0.7 on "
-        "www.example.net",
-        ["2001:db8:85a3::8a2e:370:7334", "fe80::1", "10.0.0.7", "www.example.net"],
-    ),
-    (
-        "Bitte rufen Sie 030 1234 5678 an oder schreiben Sie an anna.schmidt@beispiel.de, "
-        "IBAN DE89 3704 0044 0532 0130 00.",
-        ["030 1234 5678", "anna.schmidt@beispiel.de", "3704 0044 0532 0130"],
-    ),
-    (
-        "Позвоните Ивану: +7 495 123-45-67, почта иван.петров@пример.рф, счёт "
-        "40817810099910004312.",
-        ["+7 495 123-45-67", "иван.петров@пример.рф", "40817810099910004312"],
-    ),
-    (
-        "電話は０３－１２３４－５６７８、メールはtaro.yamada@example.jpまで。"
-        "カード番号4242-4242-4242-4242で支払いました。",
-        ["１２３４－５６７８", "taro.yamada@example.jp", "4242-4242-4242-4242"],
-    ),
-    (
-        "اتصل على ٠٥٠١٢٣٤٥٦٧ أو راسل ali@example.sa من 10.1.2.3",
-        ["٠٥٠١٢٣٤٥٦٧", "ali@example.sa", "10.1.2.3"],
-    ),
-]
-# What redaction must leave alone.
-PLAIN = "The launch on 2024-01-15 at 12:30:45 cost 3.5 million; version 2.0, 42 posts."
-
 
 def read_metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample of a Prometheus text exposition (0 when absent)."""
@@ -95,10 +58,6 @@ def read_metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
-
-
-def secrets() -> list[str]:
-    return [secret for _, found in PII for secret in found]
 
 
 # Redaction, on the fixture.
@@ -217,6 +176,7 @@ def post(server, path: str, body: dict, request_id: str) -> httpx.Response:
     return response
 
 
+@pytest.mark.slow  # a real server, or a notebook's kernel
 def test_every_protocol_is_logged_redacted_with_its_key_id(server):
     texts = [text for text, _ in PII]
     post(server, "/v1/models/classifier:predict", {"instances": texts}, "req-v1")
@@ -269,6 +229,7 @@ def send(server, texts: list[str], request_id: str) -> None:
              {"instances": texts[start : start + 50]}, request_id)  # fmt: skip
 
 
+@pytest.mark.slow  # a real server, or a notebook's kernel
 def test_drift_stays_quiet_in_distribution_and_rises_on_another_corpus(server, small_project):
     test_posts = read_split(small_project / "data" / "processed" / "test.jsonl").texts
     send(server, test_posts[:150], "in-distribution")
@@ -326,3 +287,39 @@ def test_bad_traffic_options_fail_at_start_with_a_clear_error(tmp_path):
         result = run_serve(*base, *extra)
         assert result.returncode == 2, (extra, result.stderr[-2000:])
         assert message in result.stderr, (extra, result.stderr[-2000:])
+
+
+@pytest.mark.slow  # a real server, or a notebook's kernel
+def test_the_traffic_notebook_reads_a_log(tmp_path):
+    """08-traffic.ipynb on a log written here: volume, latency, class mix, candidates."""
+    writer = PayloadLog(PayloadLogSettings(directory=tmp_path / "log"))
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        row = record([f"post {i} about engines", f"post {i} about orbits"], request_id=f"r{i}")
+        row.time = 1.7e9 + 20 * i  # over 13 minutes
+        row.latency_s = float(rng.uniform(0.005, 0.05))
+        row.probabilities = rng.dirichlet([1, 1, 1], size=2).astype(np.float32)
+        row.class_ids = row.probabilities.argmax(axis=1)
+        writer.write([row])
+    unsure = record(["which newsgroup is this?"], request_id="unsure")
+    unsure.probabilities = np.array([[0.34, 0.33, 0.33]], dtype=np.float32)
+    unsure.class_ids = np.array([0])
+    writer.write([unsure])
+    writer.close()
+    executed = tmp_path / "08-traffic.ipynb"
+    command = [
+        Path(sys.executable).parent / "papermill", ROOT / "notebooks" / "08-traffic.ipynb",
+        executed, "--cwd", ROOT / "notebooks", "-p", "log_dir", str(tmp_path / "log"),
+        "-p", "every", "5min", "--no-progress-bar", "--log-level", "WARNING",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
+    shown = [o.get("data", {}) for c in cells for o in c.outputs]
+    markdown = [data.get("text/markdown", "") for data in shown]
+    assert any(text.startswith("41 requests, 81 texts") for text in markdown), markdown
+    assert sum("image/png" in data for data in shown) == 1
+    assert any("p99" in text and "seed" in text for text in markdown)
+    candidates = next(text for text in markdown if "which newsgroup" in text)
+    first_row = candidates.splitlines()[2]
+    assert "which newsgroup is this?" in first_row and "0.34" in first_row

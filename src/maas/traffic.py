@@ -3,7 +3,8 @@
 :func:`read_records` reads every record under the folder; :func:`texts_frame` makes one row
 per text; :func:`volume`, :func:`latency`, :func:`class_mix` and :func:`least_confident`
 answer the usual questions (how much traffic, how fast, which classes, which texts the
-model was least sure of: candidates for labelling); :func:`overview` plots the first three.
+model was least sure of: candidates for labelling, :func:`labelling_candidates` as table
+rows); :func:`overview` plots the first three.
 The record format is :mod:`maas.serving.payload_log`'s; serving never imports this module.
 """
 
@@ -103,6 +104,17 @@ def least_confident(frame: pd.DataFrame, count: int = 20) -> pd.DataFrame:
     unique = frame.sort_values("confidence").drop_duplicates(["model", "text"])
     columns = ["confidence", "label", "model", "version", "text", "time"]
     return unique.head(count)[columns].reset_index(drop=True)
+
+
+def labelling_candidates(frame: pd.DataFrame, count: int = 20, width: int = 160) -> list[dict]:
+    """:func:`least_confident` as table rows: each text on one line, cut to ``width``."""
+    rows = least_confident(frame, count).to_dict("records")
+    for row in rows:
+        text = " ".join(str(row["text"]).split()).replace("|", "/")  # a Markdown cell
+        row["text"] = (text[:width] + " ...") if len(text) > width else text
+        row["confidence"] = round(float(row["confidence"]), 4)
+        row["time"] = str(row["time"])
+    return rows
 
 
 def overview(frame: pd.DataFrame, every: str = "1min") -> Figure:

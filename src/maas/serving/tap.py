@@ -33,6 +33,7 @@ from maas.serving.payload_log import (
     Record,
     check_writable,
     key_id,
+    yield_gil,
 )
 
 if TYPE_CHECKING:  # imported when a version is first watched: `maas serve --help` stays quick
@@ -240,6 +241,8 @@ class TrafficTap:
             except Exception:  # a text the measures cannot read: skip it, keep the rest
                 log.exception("drift: measuring a text for %s v%d failed", model, version)
                 continue
+            finally:
+                yield_gil()
             touched.add((model, version))
         for key in touched:
             self._publish(key, self.monitors[key])
