@@ -32,6 +32,7 @@ from serving_support import make_certificates  # noqa: E402  (this folder is on 
 from maas.registry import operations  # noqa: E402
 from maas.serving import layout  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
+from maas.traffic import read_records  # noqa: E402
 
 PORT = 8600
 URL = f"https://127.0.0.1:{PORT}"  # TLS and API keys at the front door of every node
@@ -191,6 +192,47 @@ def phase_protocols() -> dict:
         "metrics": [line for line in metrics.splitlines() if line.startswith("maas_requests")],
         "keyless": keyless, "plain_http": plain,
     }  # fmt: skip
+
+
+def phase_traffic(log_dir: Path) -> dict:
+    """The payload log and drift at the fronts: records of three protocols, redacted, in
+    the shared folder; the model's drift in its v2 metadata (from the same front: one
+    connection, since each front keeps its own window)."""
+    secret = "write to jane.roe@example.com or +1 415 555 0199"
+    ids = {"ray-v1": "tfserving_v1", "ray-v2": "oip_v2", "ray-seed": "seed"}
+    with client() as http:
+        for _ in range(20):  # texts for the drift window too
+            http.post("/v2/models/news/infer", json=infer_body(TEXTS))
+        sent = {
+            "ray-v1": http.post("/v1/models/news:predict", json={"instances": [secret]},
+                                headers={"x-request-id": "ray-v1"}),
+            "ray-v2": http.post("/v2/models/news/infer", json=infer_body([secret]),
+                                headers={"x-request-id": "ray-v2"}),
+            "ray-seed": http.post("/predict", json={"text": secret, "model": "news"},
+                                  headers={"x-request-id": "ray-seed"}),
+        }  # fmt: skip
+        codes = {name: answer.status_code for name, answer in sent.items()}
+
+        def logged() -> dict:
+            return {r["request_id"]: r for r in read_records(log_dir) if r["request_id"] in ids}
+
+        waited = wait_for(lambda: len(logged()) == len(ids), timeout=15)
+        with contextlib.suppress(TimeoutError):  # the writer measures texts as they come
+            wait_for(lambda: drift_texts(http) >= 50, timeout=10)
+        drift = http.get("/v2/models/news").json()["parameters"]["drift"]
+        metrics = http.get("/metrics").text
+    text = "".join(path.read_text() for path in log_dir.glob("*.jsonl"))
+    return {
+        "codes": codes, "waited_s": round(waited, 2), "records": logged(), "drift": drift,
+        "files": sorted(path.name for path in log_dir.glob("*.jsonl")),
+        "secret_in_log": "jane.roe" in text or "555 0199" in text or API_KEY in text,
+        "metrics": [line for line in metrics.splitlines()
+                    if line.startswith(("maas_payload_log", "maas_drift"))],
+    }  # fmt: skip
+
+
+def drift_texts(http: httpx.Client) -> int:
+    return http.get("/v2/models/news").json()["parameters"]["drift"].get("texts", 0)
 
 
 def phase_ensemble() -> dict:
@@ -453,6 +495,10 @@ def main() -> int:
         # spread (a CI-like run).
         command += ["--poll-interval", "0.5", "--replica-cpus", "0.25", "--max-batch-size", "8"]
         command += ["--ensemble", "both=news,news2", "--max-replicas-per-node", "1"]
+        # Every front writes its own files to the one folder (shared storage on a real
+        # cluster); drift watches 50 texts at each front.
+        command += ["--payload-log", str(args.work / "traffic"), "--drift-window", "50"]
+        command += ["--drift-rate", "1000"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
@@ -466,6 +512,7 @@ def main() -> int:
         observer = Observer(cluster.address)
         for name, phase in [
             ("protocols", phase_protocols),
+            ("traffic", lambda: phase_traffic(args.work / "traffic")),
             ("ensemble", phase_ensemble),
             ("autoscaling", lambda: phase_autoscaling(observer, clients=16)),
             ("rolling_update", lambda: phase_rolling_update(args.repo, args.lite, observer)),

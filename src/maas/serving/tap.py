@@ -5,8 +5,8 @@ request to :meth:`TrafficTap.observe`, which only draws the payload sample, note
 :class:`Pending` record in the request's notes, and queues a rate-limited share of the texts
 for drift. The request's own middleware (REST) or interceptor (gRPC) then completes the
 pending record with what only it knows (latency, status, request id, API key) and queues it.
-One writer thread drains both queues: it redacts and writes records
-(:mod:`maas.serving.payload_log`) and measures texts for the drift monitors
+One thread drains both queues: it hands records to the writer process, which redacts and
+writes them (:mod:`maas.serving.payload_log`), and measures texts for the drift monitors
 (:mod:`maas.serving.drift`). Full queues drop and count; the request path never waits.
 """
 
@@ -28,9 +28,9 @@ from prometheus_client import Counter, Gauge
 from maas.serving.auth import presented_key
 from maas.serving.metrics import SCOPE_TRAFFIC, Metrics
 from maas.serving.payload_log import (
-    PayloadLog,
     PayloadLogSettings,
     Record,
+    WriterProcess,
     check_writable,
     key_id,
     yield_gil,
@@ -104,7 +104,7 @@ class TrafficTap:
         self._allowance, self._last = 0.0, time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writer: PayloadLog | None = None
+        self._writer: WriterProcess | None = None
         registry = metrics.registry
         self.written = Counter(
             "maas_payload_log_records_total", "Records written to the payload log",
@@ -194,7 +194,7 @@ class TrafficTap:
         """Start the writer thread (``ValueError``: the payload folder is not writable)."""
         if self.payload is not None:
             check_writable(self.payload.directory)  # a Ray front's node may lack the folder
-            self._writer = PayloadLog(self.payload)
+            self._writer = WriterProcess(self.payload, self._acknowledged)
         self._thread = threading.Thread(target=self._run, name="maas-traffic", daemon=True)
         self._thread.start()
 
@@ -218,16 +218,28 @@ class TrafficTap:
 
     def _write_some(self) -> int:
         records = _take(self.records, BATCH)
-        if not records or self._writer is None:
+        if not records:
             return 0
-        try:
-            self._writer.write(records)
-        except Exception:  # a full disk, a vanished folder: count, log, keep serving
-            log.exception("writing %d payload-log records failed", len(records))
+        if self._writer is None:
             self.dropped.labels("write_error").inc(len(records))
             return len(records)
-        self.written.inc(len(records))
+        plains = []
+        for record in records:
+            plains.append(record.plain(probabilities=self.payload.probabilities))
+            yield_gil()
+        try:
+            self._writer.send(plains)
+        except OSError as error:  # the writer process is gone: count, log once, keep serving
+            log.error("the payload-log writer process is gone (%s): records are dropped", error)
+            self._writer = None
+            self.dropped.labels("write_error").inc(len(records))
         return len(records)
+
+    def _acknowledged(self, written: int, failed: int) -> None:
+        """The writer process's count of one batch (called on its reader thread)."""
+        self.written.inc(written)
+        if failed:
+            self.dropped.labels("write_error").inc(failed)
 
     def _measure_some(self) -> int:
         items = _take(self.texts, BATCH)
