@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -47,21 +46,6 @@ from maas.traffic import read_records  # noqa: E402
 
 TARGET = 0.05  # the logging server's throughput may fall this much at most
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-
-
-def read_texts(path: Path | None, limit: int = 200) -> list[str]:
-    """Posts from a JSON Lines split (cut to 2,000 characters), else serving.py's own."""
-    if path is None:
-        return sample_texts(limit)
-    texts = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            text = json.loads(line).get("text", "")
-            if text.strip():
-                texts.append(text[:2000])
-            if len(texts) >= limit:
-                break
-    return texts
 
 
 def start(artifact: Path, work: Path, name: str, extra: list[str]) -> Server:
@@ -125,7 +109,7 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=1.0, help="--payload-sample")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args()
-    texts = read_texts(args.texts)
+    texts = sample_texts(path=args.texts)
     requests = requests_for(texts)
     work = Path(tempfile.mkdtemp(prefix="maas-payload-log-"))
     log_dir = work / "traffic"
