@@ -4,7 +4,9 @@ Two servers on the same artifact, started together and loaded in turn (rounds in
 off, on, on, off, ...: drift in the machine's load hits both alike) by the load generator of
 ``benchmarks/serving.py`` (N keep-alive clients, ``POST /predict`` with one real post each,
 T seconds after a warm-up). Target: at 64 clients, the logging server's throughput (median of
-its rounds) within 5 % of the other's. After the runs, the log is checked: a record per
+its rounds) within 5 % of the other's. Each run also records the CPU time the server (and
+the log's writer process) spent per answered request, which what else runs on the machine
+sways less than throughput. After the runs, the log is checked: a record per
 answered request, nothing dropped, no unredacted e-mail address in it.
 
 Also measured: redaction alone, microseconds per post (``maas.serving.redact`` and, when it
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 from serving import Server, load, requests_for, sample_texts  # noqa: E402
 from traffic_fixtures import PII, secrets  # noqa: E402  (the redaction fixture)
 
@@ -86,6 +90,17 @@ def redaction_costs(texts: list[str]) -> list[dict]:
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the log's writer process)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def metric_sum(exposition: str, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` that carry ``labels``."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -120,18 +135,22 @@ def main() -> int:
         on: start(args.artifact, work, "on",
                   ["--payload-log", str(log_dir), "--payload-sample", str(args.sample)]),
     }  # fmt: skip
-    rows = []
+    rows, cpu = [], {name: [] for name in names}
     try:
         for round_number in range(args.rounds):
             order = (off, on) if round_number % 2 == 0 else (on, off)
             for name in order:
                 port = servers[name].port
                 asyncio.run(load(port, requests, args.clients, args.warmup))
+                before = cpu_seconds(servers[name].process.pid)
                 result = asyncio.run(load(port, requests, args.clients, args.duration))
+                spent = cpu_seconds(servers[name].process.pid) - before
                 row = {"server": name, "round": round_number + 1, **result}
+                row["cpu_ms_per_request"] = round(spent * 1000 / max(result["requests"], 1), 3)
                 print(row, flush=True)
                 rows.append(row)
                 names[name].append(result["throughput_rps"])
+                cpu[name].append(row["cpu_ms_per_request"])
         metrics = httpx.get(f"http://127.0.0.1:{servers[on].port}/metrics").text
     finally:
         for server in servers.values():
@@ -143,18 +162,22 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in names.items()}
     ratio = round(medians[on] / medians[off], 4)
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+    cpu_ratio = round(cpu_medians[on] / cpu_medians[off], 4)
     met = ratio >= 1 - TARGET and not any(r["errors"] for r in rows)
     costs = redaction_costs(texts)
     record = {
         "rows": rows, "median_throughput_rps": medians, "throughput_ratio_on_over_off": ratio,
-        "target_met": met, "answered": answered, "records_written": len(records),
+        "target_met": met, "cpu_ms_per_request": cpu_medians,
+        "cpu_ratio_on_over_off": cpu_ratio, "answered": answered, "records_written": len(records),
         "dropped": dropped,
         "unredacted_emails_in_log": unredacted, "redaction": costs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "git_revision": git_revision(), "args": {k: str(v) for k, v in vars(args).items()},
     }  # fmt: skip
     write_json(args.out / "payload_log.json", record)
-    columns = ("server", "round", "throughput_rps", "p50_ms", "p99_ms", "errors")
+    columns = ("server", "round", "throughput_rps", "p50_ms", "p99_ms", "errors",
+               "cpu_ms_per_request")  # fmt: skip
     (args.out / "payload_log.md").write_text(
         "# The traffic log's cost: `maas serve --payload-log`\n\n"
         f"Artifact `{args.artifact}`; {args.clients} keep-alive clients, one post per "
@@ -165,6 +188,10 @@ def main() -> int:
         + markdown_table([{k: r[k] for k in columns} for r in rows])
         + f"\n\nMedian throughput: logging off {medians[off]:g}, logging on {medians[on]:g} "
         f"answers/s; ratio {ratio} (target >= {1 - TARGET}). Target met: {met}.\n\n"
+        "CPU time per answered request (the server process and its children, the log's "
+        "writer included; less sensitive than throughput to what else the machine runs): "
+        f"off {cpu_medians[off]:g} ms, on {cpu_medians[on]:g} ms (median of the rounds), "
+        f"ratio {cpu_ratio}.\n\n"
         f"The log: {len(records)} records written for {answered:g} answered requests (warm-ups "
         f"included), {dropped:g} dropped (queue full or write error), {unredacted} texts "
         "with an e-mail address left (0 expected).\n\n"

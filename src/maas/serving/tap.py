@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 IDLE_S = 0.02  # the writer's nap when both queues are empty
 BATCH = 256  # records written (or texts measured) per turn at most
 DRIFT_QUEUE = 1000  # texts waiting to be measured at most
+QUEUE_CHARS = 64 * 1024**2  # characters of text waiting to be written at most (about)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class TrafficTap:
         self.monitors: dict[tuple[str, int], DriftMonitor | None] = {}
         self.reports: dict[tuple[str, int], dict[str, Any]] = {}
         self._allowance, self._last = 0.0, time.monotonic()
+        self._queued_chars = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer: WriterProcess | None = None
@@ -179,9 +181,12 @@ class TrafficTap:
             self.texts.append((loaded.model, loaded.version, loaded.path, texts[i], class_ids[i]))
 
     def submit(self, record: Record) -> None:
-        if self.payload is None or len(self.records) >= self.payload.queue_size:
+        size = sum(map(len, record.texts))
+        full = self.payload is None or len(self.records) >= self.payload.queue_size
+        if full or self._queued_chars + size > QUEUE_CHARS:
             self.dropped.labels("queue_full").inc()
             return
+        self._queued_chars += size  # the writer thread subtracts: a bound, not a ledger
         self.records.append(record)
 
     def drift_report(self, model: str, version: int) -> dict[str, Any] | None:
@@ -220,6 +225,9 @@ class TrafficTap:
         records = _take(self.records, BATCH)
         if not records:
             return 0
+        self._queued_chars = max(
+            0, self._queued_chars - sum(len(t) for r in records for t in r.texts)
+        )
         if self._writer is None:
             self.dropped.labels("write_error").inc(len(records))
             return len(records)
