@@ -107,7 +107,7 @@ def test_log_files_rotate_and_stay_bounded(tmp_path):
     settings = PayloadLogSettings(directory=tmp_path, max_file_bytes=2048, max_files=3)
     writer = PayloadLog(settings)
     for i in range(60):
-        writer.write([record([f"text {i} " + "x" * 200], request_id=f"r{i}").plain()])
+        writer.write([record([f"text {i} " + "x" * 200], request_id=f"r{i}").wire()])
     writer.close()
     files = sorted(tmp_path.glob("payloads-*.jsonl"))
     assert len(files) == 3
@@ -296,11 +296,11 @@ def test_the_traffic_notebook_reads_a_log(tmp_path):
         row.latency_s = float(rng.uniform(0.005, 0.05))
         row.probabilities = rng.dirichlet([1, 1, 1], size=2).astype(np.float32)
         row.class_ids = row.probabilities.argmax(axis=1)
-        writer.write([row.plain()])
+        writer.write([row.wire()])
     unsure = record(["which newsgroup is this?"], request_id="unsure")
     unsure.probabilities = np.array([[0.34, 0.33, 0.33]], dtype=np.float32)
     unsure.class_ids = np.array([0])
-    writer.write([unsure.plain()])
+    writer.write([unsure.wire()])
     writer.close()
     executed = tmp_path / "08-traffic.ipynb"
     command = [

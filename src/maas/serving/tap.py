@@ -16,7 +16,6 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from maas.serving.payload_log import (
     Record,
     WriterProcess,
     check_writable,
-    key_id,
     yield_gil,
 )
 
@@ -85,9 +83,8 @@ class Pending:
     ) -> None:
         """Complete the record (``headers``: HTTP headers or gRPC metadata) and queue it."""
         record = self.record
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
-        record.request_id = request_id or uuid.uuid4().hex
-        record.key_id = key_id(presented_key(headers))
+        record.request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+        record.key = presented_key(headers)  # hashed to its id on the writer thread
         record.latency_s, record.status, record.protocol = seconds, status, protocol
         self.tap.submit(record)
 
@@ -231,12 +228,13 @@ class TrafficTap:
         if self._writer is None:
             self.dropped.labels("write_error").inc(len(records))
             return len(records)
-        plains = []
-        for record in records:
-            plains.append(record.plain(probabilities=self.payload.probabilities))
-            yield_gil()
+        wires = []
+        for i, record in enumerate(records, 1):
+            wires.append(record.wire(probabilities=self.payload.probabilities))
+            if i % 32 == 0:
+                yield_gil()
         try:
-            self._writer.send(plains)
+            self._writer.send(wires)
         except OSError as error:  # the writer process is gone: count, log once, keep serving
             log.error("the payload-log writer process is gone (%s): records are dropped", error)
             self._writer = None
