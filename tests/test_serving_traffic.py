@@ -9,6 +9,7 @@ quiet on the project's test posts and raised by Chinese texts (another corpus an
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -121,14 +122,18 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path):
     metrics = Metrics()
     payload = PayloadLogSettings(directory=tmp_path, queue_size=2)
     tap = TrafficTap(TrafficSettings(payload=payload, drift_window=0), metrics)
-    for i in range(5):  # the writer thread is not started: nothing drains the queue
-        tap.submit(record(["t"], request_id=str(i)))
-    assert len(tap.records) == 2
+
+    async def serve() -> None:
+        await tap.start()
+        for i in range(5):  # in one go: the loop sends nothing meanwhile
+            tap.submit(record(["t"], request_id=str(i)))
+        assert len(tap.records) == 2
+        await tap.stop()  # writes what is queued
+
+    asyncio.run(serve())
     text = metrics.render().decode()
     assert read_metric(text, "maas_payload_log_dropped_total", reason="queue_full") == 3
-    tap.start()
-    wait_for(lambda: len(read_records(tmp_path)) == 2, timeout=10)
-    tap.stop()
+    assert read_metric(text, "maas_payload_log_records_total") == 2
     assert [row["request_id"] for row in read_records(tmp_path)] == ["0", "1"]
 
 

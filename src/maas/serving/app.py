@@ -124,17 +124,17 @@ def create_app(
 
 
 def with_tap(lifespan: Callable, tap: TrafficTap) -> Callable:
-    """``lifespan`` with the traffic tap's writer thread running inside it (what it holds is
-    written at shutdown, after the requests in flight)."""
+    """``lifespan`` with the traffic tap's writer process and drift thread running inside it
+    (what they hold is written at shutdown, after the requests in flight)."""
 
     @contextlib.asynccontextmanager
     async def tapped(app: FastAPI) -> AsyncIterator[None]:
-        tap.start()
+        await tap.start()
         try:
             async with lifespan(app):
                 yield
         finally:
-            await asyncio.to_thread(tap.stop)
+            await tap.stop()
 
     return tapped
 

@@ -9,9 +9,10 @@ a model answered::
      "outputs": [{"label": "sci.space", "class_id": 14, "confidence": 0.91}]}
 
 Nothing of this runs on the request path but a sampling draw and an append to a bounded
-queue: a thread of the server hands records over to a writer process (:class:`WriterProcess`,
-:func:`main`), which redacts them (:mod:`maas.serving.redact`), encodes and writes them. When
-the queue is full, the record is dropped and counted (``maas_payload_log_dropped_total``),
+queue: every few milliseconds the event loop sends the queued records, pickled, to a writer
+process (:class:`WriterProcess`, :func:`main`), which redacts them
+(:mod:`maas.serving.redact`), encodes and writes them. When the queue is full, or the
+process is behind, records are dropped and counted (``maas_payload_log_dropped_total``),
 rather than slowing requests down. Files are ``payloads-<host>-<pid>-<start>-<n>.jsonl``:
 each server process (each front of the Ray engine) writes its own, a new one past
 ``max_file_bytes``, and keeps its newest ``max_files``; so DIR holds at most
@@ -24,9 +25,11 @@ key called without the log ever holding the key.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -34,9 +37,7 @@ import pickle
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import deque
@@ -53,6 +54,9 @@ from maas.serving.redact import KINDS, Redactor
 log = logging.getLogger(__name__)
 
 NICE = 10  # the writer process's lower priority
+# Request ids the server makes up: this process's random prefix and a count (uuid4 for each
+# would read the system's random source every time).
+_PROCESS, _NUMBERS = uuid.uuid4().hex[:12], itertools.count(1)
 FILE_PREFIX = "payloads-"
 FILE_SUFFIX = ".jsonl"
 
@@ -138,7 +142,7 @@ class Record:
         class_ids = self.class_ids.tolist()
         return (
             self.time,
-            self.request_id or uuid.uuid4().hex,
+            self.request_id or f"{_PROCESS}-{next(_NUMBERS)}",
             self.model,
             self.version,
             self.protocol,
@@ -250,56 +254,67 @@ class PayloadLog:
 
 
 class WriterProcess:
-    """The server's side of the writer process: frames of records down its standard input,
-    and per frame a line ``written failed`` back on its standard output.
+    """The server's side of the writer process, on the event loop: frames of records down
+    the process's standard input (asyncio buffers them: sending never blocks), and per
+    frame a line ``written failed`` back on its standard output.
 
-    Redacting and encoding take tens of microseconds a record; in a thread of the server,
-    that time holds the GIL and the event loop waits for it (measured: half the
-    throughput at 64 clients with every request logged, even when the thread gave the GIL
-    up after each record). In a process of its own it costs the server a pickle.
+    Redacting and encoding take tens of microseconds a record. In a thread of the server
+    that time holds the GIL, and the event loop, the server's bottleneck, waits for it:
+    measured, half the throughput at 64 clients with every request logged (a third after
+    the thread gave the GIL up after every record); handing records from a thread to this
+    process still cost 7 % of the server's CPU, in hand-offs of the GIL. On the loop it
+    costs a pickle a record.
     """
 
     def __init__(self, settings: PayloadLogSettings, on_ack: Callable[[int, int], None]):
+        self.settings, self.on_ack = settings, on_ack
+        self.process: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task | None = None
+
+    async def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        command = [sys.executable, "-m", "maas.serving.payload_log", settings_json(settings)]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "maas.serving.payload_log", settings_json(self.settings),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the server, which drains it
         )  # fmt: skip
-        self.reader = threading.Thread(
-            target=self._read_acks, args=(on_ack,), name="maas-payload-acks", daemon=True
-        )
-        self.reader.start()
+        self.reader = asyncio.create_task(self._read_acks())
+
+    def backlog(self) -> int:
+        """Bytes sent but not yet taken by the process."""
+        return self.process.stdin.transport.get_write_buffer_size()
 
     def send(self, wires: list[tuple]) -> None:
-        """Hand records over (blocks while the process is behind: never call on the loop).
+        """Hand records over (never blocks).
 
         Raises:
             OSError: the writer process is gone.
         """
+        if self.process.returncode is not None or self.process.stdin.is_closing():
+            raise OSError(f"the writer process ended (exit code {self.process.returncode})")
         data = pickle.dumps(wires, protocol=pickle.HIGHEST_PROTOCOL)
         self.process.stdin.write(struct.pack("<I", len(data)) + data)
-        self.process.stdin.flush()
 
-    def _read_acks(self, on_ack: Callable[[int, int], None]) -> None:
-        for line in self.process.stdout:
+    async def _read_acks(self) -> None:
+        while line := await self.process.stdout.readline():
             written, failed = (int(n) for n in line.split())
-            on_ack(written, failed)
+            self.on_ack(written, failed)
 
-    def close(self, timeout: float = 10.0) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
         """Let the process write what it holds and end."""
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             self.process.stdin.write(struct.pack("<I", 0))
+            await asyncio.wait_for(self.process.stdin.drain(), timeout)
             self.process.stdin.close()
-        except OSError:
-            pass
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
             log.warning("the payload-log writer did not finish within %g s; killed", timeout)
             self.process.kill()
-            self.process.wait()
-        self.reader.join(timeout)
+            await self.process.wait()
+        if self.reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reader, timeout)
 
 
 def settings_json(settings: PayloadLogSettings) -> str:

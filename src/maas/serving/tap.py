@@ -5,13 +5,16 @@ request to :meth:`TrafficTap.observe`, which only draws the payload sample, note
 :class:`Pending` record in the request's notes, and queues a rate-limited share of the texts
 for drift. The request's own middleware (REST) or interceptor (gRPC) then completes the
 pending record with what only it knows (latency, status, request id, API key) and queues it.
-One thread drains both queues: it hands records to the writer process, which redacts and
-writes them (:mod:`maas.serving.payload_log`), and measures texts for the drift monitors
-(:mod:`maas.serving.drift`). Full queues drop and count; the request path never waits.
+Every 20 ms the event loop sends the queued records to the writer process, which redacts
+and writes them (:mod:`maas.serving.payload_log`); a thread measures the queued texts for
+the drift monitors (:mod:`maas.serving.drift`). Full queues drop and count; the request
+path never waits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -39,8 +42,10 @@ if TYPE_CHECKING:  # imported when a version is first watched: `maas serve --hel
 
 log = logging.getLogger(__name__)
 
-IDLE_S = 0.02  # the writer's nap when both queues are empty
-BATCH = 256  # records written (or texts measured) per turn at most
+IDLE_S = 0.02  # the drift thread's nap when no text waits
+BATCH = 256  # texts measured per turn at most
+FLUSH_S = 0.02  # how often the loop sends queued records to the writer process
+BACKLOG_BYTES = 64 * 1024**2  # sent but not yet read by the writer process, at most
 DRIFT_QUEUE = 1000  # texts waiting to be measured at most
 QUEUE_CHARS = 64 * 1024**2  # characters of text waiting to be written at most (about)
 
@@ -95,7 +100,7 @@ class TrafficTap:
     def __init__(self, settings: TrafficSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.payload = settings.payload
-        self.records: deque[Record] = deque()
+        self.records: list[Record] = []
         self.texts: deque[tuple[str, int, Path, str, int]] = deque()
         self.monitors: dict[tuple[str, int], DriftMonitor | None] = {}
         self.reports: dict[tuple[str, int], dict[str, Any]] = {}
@@ -104,6 +109,7 @@ class TrafficTap:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer: WriterProcess | None = None
+        self._flusher: asyncio.Task | None = None
         registry = metrics.registry
         self.written = Counter(
             "maas_payload_log_records_total", "Records written to the payload log",
@@ -183,69 +189,76 @@ class TrafficTap:
         if full or self._queued_chars + size > QUEUE_CHARS:
             self.dropped.labels("queue_full").inc()
             return
-        self._queued_chars += size  # the writer thread subtracts: a bound, not a ledger
+        self._queued_chars += size
         self.records.append(record)
 
     def drift_report(self, model: str, version: int) -> dict[str, Any] | None:
         """The latest drift figures of a version (None: no drift for it, or none yet)."""
         return self.reports.get((model, version))
 
-    # The writer thread.
+    # The writer process and the drift thread.
 
-    def start(self) -> None:
-        """Start the writer thread (``ValueError``: the payload folder is not writable)."""
+    async def start(self) -> None:
+        """Start the writer process and the drift thread (``ValueError``: the payload folder
+        is not writable)."""
         if self.payload is not None:
             check_writable(self.payload.directory)  # a Ray front's node may lack the folder
             self._writer = WriterProcess(self.payload, self._acknowledged)
-        self._thread = threading.Thread(target=self._run, name="maas-traffic", daemon=True)
-        self._thread.start()
+            await self._writer.start()
+            self._flusher = asyncio.create_task(self._flush_forever())
+        if self.settings.drift_window > 0:
+            self._thread = threading.Thread(target=self._run, name="maas-drift", daemon=True)
+            self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued (within ``timeout``), then stop the thread."""
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued (within ``timeout``), then stop."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.flush()
+        if self._writer is not None:
+            await self._writer.close(timeout)
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
-        if self._writer is not None:
-            self._writer.close()
+            await asyncio.to_thread(self._thread.join, timeout)
 
-    def _run(self) -> None:
+    async def _flush_forever(self) -> None:
         while True:
-            stopping = self._stop.is_set()
-            wrote = self._write_some()
-            measured = 0 if stopping else self._measure_some()
-            if stopping and not wrote:
-                return
-            if not wrote and not measured:
-                self._stop.wait(IDLE_S)
+            await asyncio.sleep(FLUSH_S)
+            self.flush()
 
-    def _write_some(self) -> int:
-        records = _take(self.records, BATCH)
+    def flush(self) -> None:
+        """Send the queued records to the writer process (on the event loop)."""
+        records, self.records = self.records, []
+        self._queued_chars = 0
         if not records:
-            return 0
-        self._queued_chars = max(
-            0, self._queued_chars - sum(len(t) for r in records for t in r.texts)
-        )
-        if self._writer is None:
+            return
+        writer = self._writer
+        if writer is None:
             self.dropped.labels("write_error").inc(len(records))
-            return len(records)
-        wires = []
-        for i, record in enumerate(records, 1):
-            wires.append(record.wire(probabilities=self.payload.probabilities))
-            if i % 32 == 0:
-                yield_gil()
+            return
+        if writer.backlog() > BACKLOG_BYTES:  # the process is behind: drop, never wait
+            self.dropped.labels("queue_full").inc(len(records))
+            return
+        probabilities = self.payload.probabilities
         try:
-            self._writer.send(wires)
+            writer.send([record.wire(probabilities=probabilities) for record in records])
         except OSError as error:  # the writer process is gone: count, log once, keep serving
             log.error("the payload-log writer process is gone (%s): records are dropped", error)
             self._writer = None
             self.dropped.labels("write_error").inc(len(records))
-        return len(records)
 
     def _acknowledged(self, written: int, failed: int) -> None:
-        """The writer process's count of one batch (called on its reader thread)."""
+        """The writer process's count of one batch."""
         self.written.inc(written)
         if failed:
             self.dropped.labels("write_error").inc(failed)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._measure_some():
+                self._stop.wait(IDLE_S)
 
     def _measure_some(self) -> int:
         items = _take(self.texts, BATCH)
