@@ -201,8 +201,9 @@ def phase_traffic(log_dir: Path) -> dict:
     secret = "write to jane.roe@example.com or +1 415 555 0199"
     ids = {"ray-v1": "tfserving_v1", "ray-v2": "oip_v2", "ray-seed": "seed"}
     with client() as http:
-        for _ in range(20):  # texts for the drift window too
+        for _ in range(20):  # texts for the drift window too, within its rate
             http.post("/v2/models/news/infer", json=infer_body(TEXTS))
+            time.sleep(0.05)
         sent = {
             "ray-v1": http.post("/v1/models/news:predict", json={"instances": [secret]},
                                 headers={"x-request-id": "ray-v1"}),
@@ -498,7 +499,9 @@ def main() -> int:
         # Every front writes its own files to the one folder (shared storage on a real
         # cluster); drift watches 50 texts at each front.
         command += ["--payload-log", str(args.work / "traffic"), "--drift-window", "50"]
-        command += ["--drift-rate", "1000"]
+        # 50 texts measured a second at most: under the autoscaling phase's load a higher
+        # rate would take the fronts' CPU (a text costs up to a millisecond).
+        command += ["--drift-rate", "50"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
