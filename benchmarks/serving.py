@@ -56,9 +56,10 @@ FALLBACK_TEXTS = [
 TARGET_SPEEDUP = 20.0
 
 
-def sample_texts(limit: int = 200) -> list[str]:
-    """Real test posts when the data stage has run (cut to 2,000 characters), else a few."""
-    path = ROOT / "data" / "processed" / "test.jsonl"
+def sample_texts(limit: int = 200, path: Path | None = None) -> list[str]:
+    """Real test posts when the data stage has run (cut to 2,000 characters), else a few;
+    ``path``: another split's JSON Lines."""
+    path = path or ROOT / "data" / "processed" / "test.jsonl"
     if not path.is_file():
         return FALLBACK_TEXTS
     texts = []

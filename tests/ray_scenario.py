@@ -34,6 +34,7 @@ from maas.registry import operations  # noqa: E402
 from maas.serving import layout  # noqa: E402
 from maas.serving.auth import hash_key  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
+from maas.traffic import read_records  # noqa: E402
 
 PORT = 8600
 URL = f"https://127.0.0.1:{PORT}"  # TLS and API keys at the front door of every node
@@ -215,6 +216,48 @@ def phase_keys() -> dict:
             load = http.post("/v2/repository/models/news/load")
             results[f"load_{name}"] = [load.status_code, load.json()]
     return results
+
+
+def phase_traffic(log_dir: Path) -> dict:
+    """The payload log and drift at the fronts: records of three protocols, redacted, in
+    the shared folder; the model's drift in its v2 metadata (from the same front: one
+    connection, since each front keeps its own window)."""
+    secret = "write to jane.roe@example.com or +1 415 555 0199"
+    ids = {"ray-v1": "tfserving_v1", "ray-v2": "oip_v2", "ray-seed": "seed"}
+    with client() as http:
+        for _ in range(20):  # texts for the drift window too, within its rate
+            http.post("/v2/models/news/infer", json=infer_body(TEXTS))
+            time.sleep(0.05)
+        sent = {
+            "ray-v1": http.post("/v1/models/news:predict", json={"instances": [secret]},
+                                headers={"x-request-id": "ray-v1"}),
+            "ray-v2": http.post("/v2/models/news/infer", json=infer_body([secret]),
+                                headers={"x-request-id": "ray-v2"}),
+            "ray-seed": http.post("/predict", json={"text": secret, "model": "news"},
+                                  headers={"x-request-id": "ray-seed"}),
+        }  # fmt: skip
+        codes = {name: answer.status_code for name, answer in sent.items()}
+
+        def logged() -> dict:
+            return {r["request_id"]: r for r in read_records(log_dir) if r["request_id"] in ids}
+
+        waited = wait_for(lambda: len(logged()) == len(ids), timeout=15)
+        with contextlib.suppress(TimeoutError):  # the writer measures texts as they come
+            wait_for(lambda: drift_texts(http) >= 50, timeout=10)
+        drift = http.get("/v2/models/news").json()["parameters"]["drift"]
+        metrics = http.get("/metrics").text
+    text = "".join(path.read_text() for path in log_dir.glob("*.jsonl"))
+    return {
+        "codes": codes, "waited_s": round(waited, 2), "records": logged(), "drift": drift,
+        "files": sorted(path.name for path in log_dir.glob("*.jsonl")),
+        "secret_in_log": "jane.roe" in text or "555 0199" in text or API_KEY in text,
+        "metrics": [line for line in metrics.splitlines()
+                    if line.startswith(("maas_payload_log", "maas_drift"))],
+    }  # fmt: skip
+
+
+def drift_texts(http: httpx.Client) -> int:
+    return http.get("/v2/models/news").json()["parameters"]["drift"].get("texts", 0)
 
 
 def phase_ensemble() -> dict:
@@ -546,6 +589,12 @@ def main() -> int:
         # spread (a CI-like run).
         command += ["--poll-interval", "0.5", "--replica-cpus", "0.25", "--max-batch-size", "8"]
         command += ["--ensemble", "both=news,news2", "--max-replicas-per-node", "1"]
+        # Every front writes its own files to the one folder (shared storage on a real
+        # cluster); drift watches 50 texts at each front.
+        command += ["--payload-log", str(args.work / "traffic"), "--drift-window", "50"]
+        # 50 texts measured a second at most: under the autoscaling phase's load a higher
+        # rate would take the fronts' CPU (a text costs up to a millisecond).
+        command += ["--drift-rate", "50"]
         server_log = (args.work / "server.log").open("w")
         start = time.monotonic()
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
@@ -560,6 +609,7 @@ def main() -> int:
         for name, phase in [
             ("protocols", phase_protocols),
             ("keys", phase_keys),
+            ("traffic", lambda: phase_traffic(args.work / "traffic")),
             ("ensemble", phase_ensemble),
             ("autoscaling", lambda: phase_autoscaling(observer, clients=16)),
             ("rolling_update", lambda: phase_rolling_update(args.repo, args.lite, observer)),

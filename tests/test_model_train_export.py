@@ -44,10 +44,33 @@ def test_provenance_records_params_inputs_and_file_hashes(small_project):
     params = config.load_params(small_project / "params.yaml")
     assert record["params"] == config.to_dict(params.train)
     assert record["stage"] == "train" and "data" in record["inputs"]
-    assert set(record["files"]) == {"saved_model", "model.keras", "tokenizer.json", "history.json"}
+    assert set(record["files"]) == {
+        "saved_model", "model.keras", "tokenizer.json", "history.json", "reference.json"
+    }  # fmt: skip
     tokenizer = Tokenizer.load(directory / "tokenizer.json")
     assert record["tokenizer_fingerprint"] == tokenizer.fingerprint()
     assert verify_files(directory) == []
+
+
+def test_the_artifact_carries_the_statistics_drift_compares_with(small_project):
+    directory = small_project / "models" / "classifier"
+    reference = read_json(directory / "reference.json")
+    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    train = read_split(small_project / "data" / "processed" / "train.jsonl")
+    validation = read_split(small_project / "data" / "processed" / "validation.jsonl")
+    assert reference["texts"] == len(train) and reference["held_out_texts"] == len(validation)
+    assert list(reference["classes"]) == list(reference["predicted"]) == list(tokenizer.labels)
+    counts = np.bincount(train.labels, minlength=len(tokenizer.labels)) / len(train)
+    np.testing.assert_allclose(list(reference["classes"].values()), counts, atol=1e-4)
+    for name in ("length", "unknown", "scripts", "languages", "classes", "predicted"):
+        shares = reference[name].values() if isinstance(reference[name], dict) else reference[name]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-3), name
+    assert (
+        reference["scripts"]["Latin"] > 0.99
+        and max(reference["languages"], key=reference["languages"].get) == "en"
+    )
+    # Held-out texts have unknown tokens; training texts would all say 0.
+    assert reference["unknown"][0] < 1.0
 
 
 def test_saved_model_on_raw_text_matches_keras_on_token_ids(small_project):

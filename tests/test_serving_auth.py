@@ -294,7 +294,7 @@ def test_only_an_admin_key_changes_what_is_served(served):
         missing = client.post("/v2/repository/models/nope/load", headers=auth("admin"))
         assert missing.status_code == 404
         unload = client.post("/v2/repository/models/news/unload", headers=auth("admin"))
-        assert unload.status_code == 501 and "follows its repository" in unload.json()["error"]
+        assert unload.status_code == 409 and "follows its repository" in unload.json()["error"]
     finally:
         shutil.rmtree(repository / "news" / "2")
         client.post("/v2/repository/models/news/load", headers=auth("admin"))

@@ -20,9 +20,12 @@ import pytest
 from serving_support import ROOT, make_tflite_artifact, tflite_artifact
 
 from maas.runtime import load_runtime
+from maas.serving.auth import hash_key
+from maas.text_stats import REFERENCE_FILE
 
 PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
 TEXTS = ["the shuttle launch was delayed", "my car engine stalls", "a bill on gun sales"]
+API_KEY = "ray-scenario-key"  # the scenario's (tests/ray_scenario.py)
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +51,8 @@ def scenario(lite, small_project, tmp_path_factory):
     work = tmp_path_factory.mktemp("ray")
     repo = work / "repo"
     shutil.copytree(lite, repo / "news" / "1")
+    # The training statistics drift compares with (the TFLite conversion keeps only the model).
+    shutil.copy(small_project / "models" / "classifier" / REFERENCE_FILE, repo / "news" / "1")
     # The ensemble's second member: another model (its output bias shifted), so that the
     # average differs from either member.
     shifted = work / "shifted"
@@ -119,7 +124,28 @@ def test_scoped_keys_rates_and_admin_hold_at_the_front_doors(scenario):
     code, body = record["load_not_admin"]
     assert code == 403 and "admin scope" in body["error"]
     code, body = record["load_admin"]  # allowed; the Ray controller follows the repository
-    assert code == 501 and "--poll-interval" in body["error"]
+    assert code == 409 and "--poll-interval" in body["error"]
+
+
+def test_each_front_logs_redacted_records_and_watches_drift(scenario):
+    record = phase(scenario, "traffic")
+    assert set(record["codes"].values()) == {200}, record["codes"]
+    records = record["records"]
+    assert {name: row["protocol"] for name, row in records.items()} == {
+        "ray-v1": "tfserving_v1", "ray-v2": "oip_v2", "ray-seed": "seed"
+    }  # fmt: skip
+    for row in records.values():
+        assert row["model"] == "news" and row["version"] == 1
+        # A key from the environment has no name: its id is the start of its hash.
+        assert row["key_id"] == hash_key(API_KEY)[: len("sha256:") + 12]
+        assert row["latency_ms"] > 0
+        assert row["inputs"] == ["write to [EMAIL] or [PHONE]"]
+    assert not record["secret_in_log"]
+    assert all(name.startswith("payloads-") for name in record["files"])
+    drift = record["drift"]
+    assert drift["watched"] is True and drift["texts"] >= 50, drift
+    assert drift["score"] is not None and 0 <= drift["score"] <= 1
+    assert any(line.startswith("maas_payload_log_records_total") for line in record["metrics"])
 
 
 def test_the_ensemble_averages_its_members(scenario):

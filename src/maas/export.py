@@ -7,6 +7,9 @@ Layout of an exported classifier::
                            weights only, no optimizer state (:func:`save_keras_model`)
     <dir>/tokenizer.json   the shared tokenizer (vocabulary, sequence length, labels)
     <dir>/history.json     training curves, when given
+    <dir>/reference.json   statistics of held-out training-distribution texts, when given:
+                           what the server's drift monitor compares live inputs with
+                           (:func:`maas.text_stats.reference_statistics`)
     <dir>/provenance.json  parameters, git revision, input hashes, metrics, file hashes
 
 The SavedModel's ``serving_default`` signature takes ``texts`` (a batch of UTF-8 strings)
@@ -26,6 +29,7 @@ import tf_keras as keras
 
 from maas import unicode_text
 from maas.provenance import PROVENANCE_FILE, atomic_dir, build_provenance, file_hashes, write_json
+from maas.text_stats import REFERENCE_FILE
 from maas.tokenizer import PAD, PAD_ID, TOKENIZER_FILE, UNK_ID, Tokenizer
 
 SAVED_MODEL_DIR = "saved_model"
@@ -213,6 +217,7 @@ def export_classifier(
     inputs: Mapping[str, str | Path] | None = None,
     stage: str = "train",
     root: str | Path | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the artifact folder atomically: it appears whole, or not at all."""
     directory = Path(directory)
@@ -222,6 +227,8 @@ def export_classifier(
         tokenizer.save(out / TOKENIZER_FILE)
         if history is not None:
             write_json(out / HISTORY_FILE, dict(history))
+        if reference is not None:
+            write_json(out / REFERENCE_FILE, dict(reference))
         record = build_provenance(
             stage=stage,
             params=params,

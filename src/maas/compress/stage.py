@@ -43,6 +43,7 @@ from maas.provenance import (
     write_json,
 )
 from maas.splits import read_split
+from maas.text_stats import REFERENCE_FILE
 from maas.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,14 @@ def write_variant(
             inputs=inputs,
             stage="compress",
             root=paths.root,
+            reference=teacher_reference(paths.classifier_dir),
         )
         update_provenance(directory, extra)
         return directory
     with atomic_dir(directory) as out:
         model_path(out, variant.format).write_bytes(variant.content)
         tokenizer.save(out / TOKENIZER_FILE)
+        copy_reference(paths.classifier_dir, out)
         record = build_provenance(
             stage="compress",
             params=record_params,
@@ -154,6 +157,18 @@ def write_variant(
         )
         write_json(out / PROVENANCE_FILE, record)
     return directory
+
+
+def teacher_reference(teacher_dir: Path) -> dict[str, Any] | None:
+    """The teacher's training statistics (a variant serves the same inputs), if it has them."""
+    path = teacher_dir / REFERENCE_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def copy_reference(teacher_dir: Path, out: Path) -> None:
+    reference = teacher_reference(teacher_dir)
+    if reference is not None:
+        write_json(out / REFERENCE_FILE, reference)
 
 
 def update_provenance(directory: Path, fields: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from maas.serving.repository import END, LoadedVersion, ModelRepository, ServedM
 from maas.serving.routing import CallerMiddleware, Rollouts
 from maas.serving.schemas import FastJSONResponse
 from maas.serving.state import ServerState
+from maas.serving.tap import TrafficSettings, TrafficTap, make_tap
 
 if TYPE_CHECKING:
     from maas.serving.grpc import GrpcSettings
@@ -66,6 +67,8 @@ class ServerConfig:
     # Requests waiting for one model at most (a model's `max_queue:` overrides); more are
     # refused at once with 503 + Retry-After. None: unbounded.
     max_queue: int | None = None
+    # The payload log (--payload-log) and drift on live inputs: see maas.serving.tap.
+    traffic: TrafficSettings = TrafficSettings()
 
     def __post_init__(self) -> None:
         if self.poll_interval_s < 0:
@@ -117,6 +120,9 @@ def create_app(
         async with following_key_file(guard), engine_lifespan(app):
             yield
 
+    state.tap = make_tap(config.traffic, state.metrics)
+    if state.tap is not None:
+        app_lifespan = with_tap(app_lifespan, state.tap)
     app = FastAPI(
         title="maas model server",
         version=__version__,
@@ -132,6 +138,22 @@ def create_app(
     add_routes(app)
     add_middleware(app, config, state.metrics, app.state.key_guard)
     return app
+
+
+def with_tap(lifespan: Callable, tap: TrafficTap) -> Callable:
+    """``lifespan`` with the traffic tap's writer process and drift thread running inside it
+    (what they hold is written at shutdown, after the requests in flight)."""
+
+    @contextlib.asynccontextmanager
+    async def tapped(app: FastAPI) -> AsyncIterator[None]:
+        await tap.start()
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            await tap.stop()
+
+    return tapped
 
 
 def build_state(config: ServerConfig) -> ServerState:

@@ -11,6 +11,8 @@ Examples:
   echo -n "$KEY" | maas serve --hash-api-key >> keys.txt
   maas serve --model-repository models/repository --engine ray --max-replicas 4
   maas serve --model-repository models/repository --engine ray --address HEAD:6379
+  maas serve --model-repository models/repository --payload-log logs/traffic \\
+      --payload-sample 0.1
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pathlib import Path
 from maas.serving.auth import hash_key, keys_from_env, read_key_file
 from maas.serving.layout import Scaling
 from maas.serving.limits import DEFAULT_LIMITS, Limits
+from maas.serving.payload_log import PayloadLogSettings, check_writable
+from maas.serving.redact import parse_kinds
+from maas.serving.tap import TrafficSettings
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LIMITS.max_text_chars,
         help="characters per text at most (default: %(default)s)",
     )
+    add_traffic_arguments(parser)
     add_ray_arguments(parser)
     parser.add_argument(
         "--graceful-timeout",
@@ -145,6 +151,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="SECONDS",
         help="at shutdown, how long in-flight requests may take (default: %(default)s)",
+    )
+
+
+def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
+    traffic = parser.add_argument_group(
+        "traffic log and drift (see docs/how-to/traffic-and-drift.md)"
+    )
+    traffic.add_argument(
+        "--payload-log",
+        type=Path,
+        metavar="DIR",
+        help="write sampled requests and their answers as JSON Lines under DIR, redacted, "
+        "off the request path (created if missing; must be writable; with --engine ray, "
+        "storage every node shares)",
+    )
+    traffic.add_argument(
+        "--payload-sample",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="share of requests logged (default: %(default)s)",
+    )
+    traffic.add_argument(
+        "--payload-redact",
+        default="default",
+        metavar="KINDS",
+        help="what is masked before anything is written: 'default' (all of url, email, ip, "
+        "phone, number), 'none', or a comma-separated list of those kinds",
+    )
+    traffic.add_argument(
+        "--payload-file-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="start a new log file past this size (default: %(default)s)",
+    )
+    traffic.add_argument(
+        "--payload-files",
+        type=int,
+        default=10,
+        metavar="N",
+        help="log files kept per server process, the oldest deleted (default: %(default)s)",
+    )
+    traffic.add_argument(
+        "--payload-probabilities",
+        action="store_true",
+        help="log every class's probability, not only the predicted class's",
+    )
+    defaults = TrafficSettings()
+    traffic.add_argument(
+        "--drift-window",
+        type=int,
+        default=defaults.drift_window,
+        metavar="N",
+        help="texts per model version compared with its training statistics "
+        "(reference.json in the artifact; default: %(default)s; 0: no drift)",
+    )
+    traffic.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=defaults.drift_threshold,
+        metavar="SHARE",
+        help="a version drifts when, in some feature, more than this share of the window's "
+        "texts would have to change to look like the training data (total variation "
+        "distance; default: %(default)s)",
+    )
+    traffic.add_argument(
+        "--drift-rate",
+        type=float,
+        default=defaults.drift_rate,
+        metavar="TEXTS",
+        help="texts measured per second at most, per server process (default: %(default)s)",
+    )
+
+
+def traffic_settings(args: argparse.Namespace) -> TrafficSettings:
+    """The payload log's and drift's settings; ``ValueError`` for a bad value or a payload
+    folder that cannot be written."""
+    payload = None
+    if args.payload_log is not None:
+        check_writable(args.payload_log)
+        payload = PayloadLogSettings(
+            directory=args.payload_log.resolve(),
+            sample=args.payload_sample,
+            redact=parse_kinds(args.payload_redact),
+            max_file_bytes=int(args.payload_file_mb * 1024**2),
+            max_files=args.payload_files,
+            probabilities=args.payload_probabilities,
+        )
+    return TrafficSettings(
+        payload=payload,
+        drift_window=args.drift_window,
+        drift_threshold=args.drift_threshold,
+        drift_rate=args.drift_rate,
     )
 
 
@@ -296,6 +396,7 @@ def build_config(args: argparse.Namespace):  # -> ServerConfig (imported lazily:
         api_key_hashes=tuple(env_hashes),
         max_queue=args.max_queue,
         grpc=grpc_settings(args),
+        traffic=traffic_settings(args),
         limits=Limits(
             max_body_bytes=args.max_body_bytes,
             max_texts=args.max_texts,

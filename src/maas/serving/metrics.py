@@ -25,6 +25,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCOPE_MODEL, SCOPE_VERSION = "maas.model", "maas.version"
 SCOPE_KEY_ID = "maas.key_id"  # the API key's id (never the key), noted by maas.serving.auth
+SCOPE_TRAFFIC = "maas.traffic"  # a sampled request's pending payload-log record
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -175,6 +176,16 @@ class ObservabilityMiddleware:
             self._record(scope, status, sent, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        pending = scope.get(SCOPE_TRAFFIC)
+        if pending is not None:  # the payload log's record of this request
+            pending.finish(
+                seconds=seconds,
+                status=str(status),
+                protocol=protocol_of(scope["path"]),
+                headers=dict(scope["headers"]),
+                key_id=scope.get(SCOPE_KEY_ID),
+            )
+
         def access() -> dict:
             headers = dict(scope["headers"])
             return {

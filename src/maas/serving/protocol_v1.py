@@ -27,6 +27,7 @@ from maas.serving.state import (
     classify,
     server_state,
 )
+from maas.serving.tap import drift_of
 
 router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST (v1)"])
 
@@ -137,6 +138,15 @@ def metadata_body(loaded: LoadedVersion) -> dict[str, Any]:
     }
 
 
+def _metadata(request: Request, loaded: LoadedVersion) -> dict[str, Any]:
+    """:func:`metadata_body`, with the version's drift on live inputs under ``maas``."""
+    body = metadata_body(loaded)
+    body["metadata"]["maas"]["drift"] = drift_of(
+        server_state(request).tap, loaded.model, loaded.version
+    )
+    return body
+
+
 def _status_of(request: Request, model: str, version: int) -> dict[str, Any]:
     statuses = [s for s in server_state(request).repository.status(model) if s.version == version]
     if not statuses:
@@ -182,17 +192,17 @@ async def label_status(model: str, label: str, request: Request) -> dict[str, An
 
 @router.get("/{model}/metadata", responses=ERROR_RESPONSES, summary="Signature (newest)")
 async def model_metadata(model: str, request: Request) -> dict[str, Any]:
-    return metadata_body(server_state(request).repository.resolve(model))
+    return _metadata(request, server_state(request).repository.resolve(model))
 
 
 @router.get("/{model}/versions/{version}/metadata", responses=ERROR_RESPONSES)
 async def version_metadata(model: str, version: str, request: Request) -> dict[str, Any]:
-    return metadata_body(server_state(request).repository.resolve(model, version=version))
+    return _metadata(request, server_state(request).repository.resolve(model, version=version))
 
 
 @router.get("/{model}/labels/{label}/metadata", responses=ERROR_RESPONSES)
 async def label_metadata(model: str, label: str, request: Request) -> dict[str, Any]:
-    return metadata_body(server_state(request).repository.resolve(model, label=label))
+    return _metadata(request, server_state(request).repository.resolve(model, label=label))
 
 
 @router.post("/{model}:predict", responses=ERROR_RESPONSES, summary="Predict (newest version)")

@@ -30,6 +30,7 @@ from maas.serving.state import (
     server_state,
 )
 from maas.serving.state import is_ready as state_is_ready
+from maas.serving.tap import drift_of
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
@@ -151,18 +152,22 @@ async def ready(request: Request) -> FastJSONResponse:
     return FastJSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
+def _metadata(request: Request, loaded: LoadedVersion) -> dict[str, Any]:
+    """:func:`metadata_body`, with the version's drift on live inputs in ``parameters``."""
+    state = server_state(request)
+    body = metadata_body(loaded, list(state.repository.served(loaded.model)))
+    body["parameters"]["drift"] = drift_of(state.tap, loaded.model, loaded.version)
+    return body
+
+
 @router.get("/models/{model}", responses=ERROR_RESPONSES, summary="Model metadata")
 async def model_metadata(model: str, request: Request) -> dict[str, Any]:
-    repository = server_state(request).repository
-    return metadata_body(repository.resolve(model), list(repository.served(model)))
+    return _metadata(request, server_state(request).repository.resolve(model))
 
 
 @router.get("/models/{model}/versions/{version}", responses=ERROR_RESPONSES)
 async def version_metadata(model: str, version: str, request: Request) -> dict[str, Any]:
-    repository = server_state(request).repository
-    return metadata_body(
-        repository.resolve(model, version=version), list(repository.served(model))
-    )
+    return _metadata(request, server_state(request).repository.resolve(model, version=version))
 
 
 @router.get("/models/{model}/ready", responses=ERROR_RESPONSES, summary="Model readiness")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.requests import Request
@@ -20,6 +21,9 @@ from maas.serving.errors import Overloaded, ServingError, VersionUnloaded
 from maas.serving.limits import Limits, QueueLimit
 from maas.serving.metrics import Metrics, note_model
 from maas.serving.repository import LoadedVersion, ServedModels
+
+if TYPE_CHECKING:
+    from maas.serving.tap import TrafficTap
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "texts"
@@ -51,6 +55,7 @@ class ServerState:
     queue: QueueLimit = field(default_factory=QueueLimit)  # requests waiting, per model
     # Re-read the repository now (the local engine); None: the engine follows it by itself.
     reload: Callable[[], Awaitable[None]] | None = None
+    tap: TrafficTap | None = None  # the payload log and drift (maas.serving.tap), when on
 
 
 @dataclass(frozen=True)
@@ -120,4 +125,9 @@ async def _predict_on(
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1)
     names = loaded.labels
-    return Predictions(probabilities, class_ids, [names[i] for i in class_ids], loaded.version)
+    predictions = Predictions(
+        probabilities, class_ids, [names[i] for i in class_ids], loaded.version
+    )
+    if state.tap is not None:
+        state.tap.observe(notes, loaded, texts, predictions)
+    return predictions

@@ -25,6 +25,7 @@ from maas.model import compile_classifier
 from maas.model.ensemble import build_ensemble
 from maas.provenance import atomic_dir, read_json, write_json
 from maas.splits import read_split
+from maas.text_stats import reference_statistics
 from maas.tokenizer import Tokenizer
 from maas.training import distributed
 from maas.training.callbacks import (
@@ -38,6 +39,8 @@ from maas.training.ensemble import fit_ensemble
 from maas.training.fit import TrainResult, build_model, fit
 
 log = logging.getLogger(__name__)
+
+REFERENCE_PREDICTED = 2000  # training texts the model predicts for the reference's class mix
 
 WEIGHTS_FILE = "weights.npz"  # a stored training's weights (train_to_storage)
 RESULT_FILE = "result.json"  # ... and its history and figures
@@ -174,7 +177,9 @@ def export(
     *,
     summary: dict[str, Any],
 ) -> None:
-    """Write ``models/classifier``: the model, its tokenizer, history and provenance."""
+    """Write ``models/classifier``: the model, its tokenizer, history, provenance and the
+    statistics the server's drift monitor compares live texts with (:func:`reference_of`)."""
+    reference = reference_of(model, tokenizer, paths)
     export_classifier(
         model,
         tokenizer,
@@ -184,6 +189,20 @@ def export(
         history=result.history,
         inputs={"data": paths.processed_dir},
         root=paths.root,
+        reference=reference,
+    )
+
+
+def reference_of(model: keras.Model, tokenizer: Tokenizer, paths: Paths) -> dict[str, Any]:
+    """The training split's statistics, the validation split's unknown-token rate, and the
+    model's predicted classes on the validation split and a sample of training texts."""
+    train = read_split(paths.split("train"))
+    validation = read_split(paths.split("validation"))
+    sample = train.take(np.random.default_rng(0).permutation(len(train))[:REFERENCE_PREDICTED])
+    texts = validation.texts + sample.texts
+    predicted = model.predict(tokenizer.encode(texts), verbose=0).argmax(axis=1)
+    return reference_statistics(
+        train.texts, train.labels, tokenizer, held_out=validation.texts, predicted=predicted
     )
 
 

@@ -22,7 +22,14 @@ import grpc
 
 from maas.serving.auth import KeyGrant, KeyGuard, presented_key
 from maas.serving.errors import Overloaded, RateLimited, ServingError
-from maas.serving.metrics import SCOPE_KEY_ID, SCOPE_MODEL, SCOPE_VERSION, Metrics, record_request
+from maas.serving.metrics import (
+    SCOPE_KEY_ID,
+    SCOPE_MODEL,
+    SCOPE_TRAFFIC,
+    SCOPE_VERSION,
+    Metrics,
+    record_request,
+)
 from maas.serving.routing import set_caller
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,7 @@ STATUS_CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     501: grpc.StatusCode.UNIMPLEMENTED,
@@ -172,6 +180,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _record(self, method, code, notes, context, seconds: float) -> None:
+        pending = notes.get(SCOPE_TRAFFIC)
+        if pending is not None:  # the payload log's record of this call
+            pending.finish(
+                seconds=seconds,
+                status=code.name,
+                protocol=protocol_of(method),
+                headers={
+                    key.encode("latin-1"): value if isinstance(value, bytes) else value.encode()
+                    for key, value in context.invocation_metadata() or ()
+                },
+                key_id=notes.get(SCOPE_KEY_ID),
+            )
+
         def access() -> dict:
             metadata = dict(context.invocation_metadata() or ())
             return {
