@@ -30,7 +30,10 @@ def read_records(directory: str | Path) -> list[dict[str, Any]]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"traffic log folder not found: {directory}")
+        raise FileNotFoundError(
+            f"traffic log folder not found: {directory}: start a server with"
+            f" `maas serve --payload-log {directory} ...`, or point log_dir at its folder"
+        )
     paths = sorted(directory.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
     records = []
     for path in sorted(paths, key=lambda p: (p.stat().st_mtime, p.name)):
