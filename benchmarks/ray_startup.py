@@ -23,7 +23,6 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,15 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serving import Server  # noqa: E402
+from serving import Server, rerun_in_private_network  # noqa: E402
 
 from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
 from maas.reporting import markdown_table  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
 
-PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
-INSIDE = "MAAS_IN_PRIVATE_NETWORK"
 # phase -> the server log line that ends it (the first match counts)
 MARKS = {
     "first log line": r"",
@@ -157,10 +154,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     parser.add_argument("--keep", action="store_true", help="keep the logs (Ray's too)")
     args = parser.parse_args()
-    if os.environ.get(INSIDE) != "1":
-        env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
-        command = [str(PRIVATE_NETWORK), sys.executable, str(Path(__file__).resolve())]
-        return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
+    if (code := rerun_in_private_network(__file__)) is not None:
+        return code
     args.artifact = args.artifact.resolve()
     engines = [("this tree", None)]
     if args.baseline_src:

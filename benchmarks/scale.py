@@ -26,7 +26,6 @@ import asyncio
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from serving import (  # noqa: E402
     Server,
     load,
     requests_for,
+    rerun_in_private_network,
     sample_texts,
     throughput_and_latency,
 )
@@ -48,9 +48,6 @@ from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
 from maas.reporting import markdown_table  # noqa: E402
 from maas.serving.ray.cluster import LocalCluster  # noqa: E402
-
-PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
-INSIDE = "MAAS_IN_PRIVATE_NETWORK"
 
 
 def process_tree(pids: list[int]) -> list:
@@ -463,10 +460,8 @@ def main() -> int:
         "--quick", action="store_true", help="throughput only: no autoscaling timeline, rollback"
     )
     args = parser.parse_args()
-    if os.environ.get(INSIDE) != "1":
-        env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
-        command = [str(PRIVATE_NETWORK), sys.executable, str(Path(__file__).resolve())]
-        return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
+    if (code := rerun_in_private_network(__file__)) is not None:
+        return code
     args.artifact = args.artifact.resolve()
     requests = requests_for(sample_texts())
     work = Path(tempfile.mkdtemp(prefix="maas-scale-"))  # kept, with the logs, on failure

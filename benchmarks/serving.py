@@ -47,6 +47,20 @@ from maas.provenance import (
 from maas.reporting import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
+PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
+INSIDE = "MAAS_IN_PRIVATE_NETWORK"  # set in the re-run inside the namespace
+
+
+def rerun_in_private_network(script: str) -> int | None:
+    """Run ``script`` again, with this command line, inside a private network namespace
+    (Ray binds the machine's address otherwise): its exit code, or None when this process
+    already runs there."""
+    if os.environ.get(INSIDE) == "1":
+        return None
+    env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
+    command = [str(PRIVATE_NETWORK), sys.executable, str(Path(script).resolve())]
+    return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
+
 
 FALLBACK_TEXTS = [
     "The shuttle launch was delayed again; NASA says the heat shield needs work.",

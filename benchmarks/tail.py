@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -33,14 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serving import Server, load, raw_posts, sample_texts  # noqa: E402
+from serving import Server, load, raw_posts, rerun_in_private_network, sample_texts  # noqa: E402
 
 from maas.ports import free_port  # noqa: E402
 from maas.provenance import git_revision, write_json  # noqa: E402
 from maas.reporting import markdown_table  # noqa: E402
 
-PRIVATE_NETWORK = ROOT.parent / "shared" / "tools" / "in-private-network"
-INSIDE = "MAAS_IN_PRIVATE_NETWORK"
 PATH = "/v1/models/classifier:predict"
 # name -> (extra `maas serve` flags, probe environment)
 VARIANTS = {
@@ -139,10 +136,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args()
-    if os.environ.get(INSIDE) != "1":
-        env = {**os.environ, INSIDE: "1", "PYTHONPATH": str(ROOT / "src")}
-        command = [str(PRIVATE_NETWORK), sys.executable, str(Path(__file__).resolve())]
-        return subprocess.call([*command, *sys.argv[1:]], env=env, cwd=ROOT)
+    if (code := rerun_in_private_network(__file__)) is not None:
+        return code
     args.saved_model = args.saved_model.resolve()
     requests = raw_posts(PATH, [{"instances": [text]} for text in sample_texts()])
     work = Path(tempfile.mkdtemp(prefix="maas-tail-"))
