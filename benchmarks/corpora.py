@@ -108,6 +108,7 @@ def run_corpus(corpus: Path, overrides: list[str], workdir: Path) -> dict:
     data = json.loads((project / "reports" / "metrics" / "data.json").read_text())
     return {
         "corpus": corpus.name,
+        "overrides": list(overrides),
         "texts": sum(data[f"{s}_posts"] for s in ("train", "validation", "test")),
         "classes": data.get("classes"),
         "model": evaluation["model"],
@@ -116,12 +117,18 @@ def run_corpus(corpus: Path, overrides: list[str], workdir: Path) -> dict:
     }
 
 
+def run_key(result: dict) -> tuple:
+    """A corpus under one set of overrides: a later run of the same replaces it."""
+    return result["corpus"], tuple(result.get("overrides", []))
+
+
 def table_rows(results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         stages = r["stages"]
         rows.append({
-            "corpus": r["corpus"], "texts": r["texts"], "classes": r["classes"],
+            "corpus": r["corpus"], "parameters": " ".join(r.get("overrides", [])) or "defaults",
+            "texts": r["texts"], "classes": r["classes"],
             "accuracy": round(r["model"]["accuracy"], 4),
             "macro_f1": round(r["model"]["macro_f1"], 4),
             "baseline accuracy": round(r["baseline"]["accuracy"], 4),
@@ -166,14 +173,14 @@ def main() -> int:
     previous = OUT / "corpora.json"
     if previous.is_file():  # keep the corpora of earlier runs that this one did not repeat
         earlier = json.loads(previous.read_text()).get("results", [])
-        names = {r["corpus"] for r in results}
-        record["results"] = [r for r in earlier if r["corpus"] not in names] + results
+        runs = {run_key(r) for r in results}
+        record["results"] = [r for r in earlier if run_key(r) not in runs] + results
     write_json(previous, record)
     text = (
         f"# The default pipeline on other corpora ({record['machine']}, "
         f"{record['git_revision']})\n\n"
         "`dvc repro evaluate` (data, train, evaluate) on each corpus, every parameter at its "
-        f"default{' but ' + ', '.join(args.set) if args.set else ''}. Accuracy and macro-F1 "
+        "default but the row's `parameters` (`dvc exp run -S`). Accuracy and macro-F1 "
         "on the test split, beside the evaluate stage's TF-IDF + LinearSVC baseline over the "
         "same tokens. Seconds per stage; peak memory is the resident set of the stage's whole "
         f"process tree (target: under {TARGET_PEAK_GB} GB). The machine is shared: compare "

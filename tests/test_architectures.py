@@ -161,7 +161,7 @@ def test_wide_features_are_integer_ops_and_idf_from_training_ids():
 def test_wide_model_saves_loads_and_ignores_padding(tmp_path):
     section = config.WideParams(
         bigram_buckets=32, embedding_dim=4, hidden_units=8, sublinear_tf=True, dropout=0.1,
-        batch_size=4, epochs=1, learning_rate=0.01,
+        batch_size=4, epochs=1, learning_rate=0.01, optimizer="adam",
     )  # fmt: skip
     ids = np.array([[3, 4, 5, 0], [3, 4, 5, 9], [0, 0, 0, 0]], np.int32)
     model = build_architecture(
@@ -174,6 +174,33 @@ def test_wide_model_saves_loads_and_ignores_padding(tmp_path):
         loaded.get_layer("idf").get_weights()[0], model.get_layer("idf").get_weights()[0]
     )
     assert np.isfinite(model.predict(ids[2:], verbose=0)).all()  # an empty post
+
+
+def test_adagrad_learns_and_leaves_the_rows_of_unseen_terms_alone():
+    """``optimizer: adagrad`` trains the wide model, stepping only the table rows it reads."""
+    from maas.model import compile_classifier
+
+    section = config.WideParams(
+        bigram_buckets=0, embedding_dim=4, hidden_units=0, sublinear_tf=True, dropout=0.0,
+        batch_size=8, epochs=1, learning_rate=0.5, optimizer="adagrad",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 64)
+    ids = np.where(labels[:, None] == 1, rng.integers(2, 6, (64, 6)), rng.integers(6, 10, (64, 6)))
+    ids = ids.astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = build_architecture(
+        "wide", section, vocabulary_size=16, sequence_length=6, n_classes=2, train_ids=ids
+    )
+    compile_classifier(model, learning_rate=section.learning_rate, optimizer=section.optimizer)
+    assert isinstance(model.optimizer, keras.optimizers.Adagrad)
+    table = model.get_layer("embedding")
+    before = table.get_weights()[0].copy()
+    history = model.fit(ids, labels, batch_size=8, epochs=5, verbose=0)
+    assert history.history["accuracy"][-1] > 0.95
+    after = table.get_weights()[0]
+    np.testing.assert_array_equal(after[10:], before[10:])  # ids 10-15 never occur
+    assert np.abs(after[2:10] - before[2:10]).min(axis=1).max() > 0
 
 
 def test_a_member_that_cannot_be_built_fails_before_any_training(data_project, tmp_path):
@@ -201,6 +228,8 @@ def test_every_strategy_trains_the_ensemble_of_wide_and_cnn(data_project, tmp_pa
     root, _ = project_for(data_project, "ensemble", tmp_path)
     settings = {"strategy": strategy, "replicas": 2, "workers": 2, "parameter_servers": 2}
     overrides = {f"train.distribute.{key}": value for key, value in settings.items()}
+    if strategy != "mirrored":  # Adagrad's sparse updates on a sharded or replicated table
+        overrides.update({"train.wide.optimizer": "adagrad", "train.wide.learning_rate": 0.5})
     params = config.load_params(root / "params.yaml", overrides)
     paths = config.project_paths(root / "params.yaml")
     if strategy == "mirrored":  # a fresh process: logical CPUs are set before TensorFlow starts
@@ -212,6 +241,7 @@ def test_every_strategy_trains_the_ensemble_of_wide_and_cnn(data_project, tmp_pa
         train.run(params.train, paths, settings=params.settings.train)
     record = read_json(paths.classifier_dir / "provenance.json")
     assert record["metrics"]["strategy"] == strategy
+    assert record["params"]["wide"]["optimizer"] == overrides.get("train.wide.optimizer", "adam")
     model = export.load_keras_model(paths.classifier_dir)
     assert [m.name for m in ensemble_members(model)] == ["member_0_wide", "member_1_cnn"]
     served = runtime.load_runtime(paths.classifier_dir)

@@ -101,6 +101,7 @@ def test_overrides_apply_on_top_of_the_file(raw, tmp_path):
             "got 'cnn'",
         ),
         (lambda p: p["train"]["cnn"].update(kernel_sizes=[]), "train.cnn.kernel_sizes"),
+        (lambda p: p["train"]["wide"].update(optimizer="lbfgs"), "train.wide.optimizer"),
         (lambda p: p["train"]["bilstm"].update(max_tokens=0), "train.bilstm.max_tokens"),
         (
             lambda p: p["train"]["distribute"].update(strategy="ring"),

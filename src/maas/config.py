@@ -130,6 +130,11 @@ class DistributeParams:
         )
 
 
+# adam: the default for networks; adagrad: a step per weight that shrinks with its summed
+# squared gradients, as for sparse linear models (the wide model's rare terms stay small).
+Optimizer = Literal["adam", "adagrad"]
+
+
 @dataclass(frozen=True)
 class BilstmParams:
     """``train.bilstm``: the reference Embedding -> (Bi)LSTM -> max-over-time classifier."""
@@ -143,6 +148,7 @@ class BilstmParams:
     batch_size: int  # global batch size, split across replicas
     epochs: int  # an upper bound: early stopping usually ends training sooner
     learning_rate: float
+    optimizer: Optimizer
 
     def __post_init__(self) -> None:
         _check_model(self, "bilstm", ("embedding_dim", "lstm_units"))
@@ -161,6 +167,7 @@ class CnnParams:
     batch_size: int
     epochs: int
     learning_rate: float
+    optimizer: Optimizer
 
     def __post_init__(self) -> None:
         _check_model(self, "cnn", ("embedding_dim", "filters"))
@@ -180,6 +187,7 @@ class WideParams:
     batch_size: int
     epochs: int
     learning_rate: float
+    optimizer: Optimizer
 
     def __post_init__(self) -> None:
         _check_model(self, "wide", ("embedding_dim",))
@@ -245,6 +253,10 @@ class TrainParams:
     @property
     def learning_rate(self) -> float:
         return self.model.learning_rate
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self.model.optimizer
 
     @property
     def embedding_dim(self) -> int:

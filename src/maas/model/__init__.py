@@ -30,9 +30,13 @@ __all__ = [
 ]
 
 
-def compile_classifier(model: keras.Model, *, learning_rate: float) -> keras.Model:
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}
+
+
+def compile_classifier(model: keras.Model, *, learning_rate: float, optimizer: str) -> keras.Model:
+    """``model`` compiled for training: ``optimizer`` is a name of :data:`OPTIMIZERS`."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

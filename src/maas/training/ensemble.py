@@ -129,7 +129,9 @@ def assemble(
         examples: training examples in one epoch.
     """
     models = [result.model for result in results]
-    ensemble = compile_classifier(build_ensemble(models), learning_rate=params.learning_rate)
+    ensemble = compile_classifier(
+        build_ensemble(models), learning_rate=params.learning_rate, optimizer=params.optimizer
+    )
     val_loss, val_accuracy = ensemble.evaluate(*validation, batch_size=256, verbose=0)
     history = combined_history(results, val_loss=val_loss, val_accuracy=val_accuracy)
     for logger in (c for c in callbacks if isinstance(c, LiveLogger)):

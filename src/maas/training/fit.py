@@ -166,6 +166,7 @@ def build_model(
             train_ids=train_ids,
         ),
         learning_rate=params.learning_rate,
+        optimizer=params.optimizer,
     )
 
 

@@ -97,7 +97,9 @@ def exportable_model(
     if strategy is tf.distribute.get_strategy():
         return result.model
     return compile_classifier(
-        distributed.plain_copy(result.model), learning_rate=params.learning_rate
+        distributed.plain_copy(result.model),
+        learning_rate=params.learning_rate,
+        optimizer=params.optimizer,
     )
 
 
@@ -284,7 +286,9 @@ def load_result(params: TrainParams, inputs: Inputs, directory: Path) -> TrainRe
             build_model(params.member(member), inputs.tokenizer, inputs.train[0])
             for member in params.ensemble
         ]
-        model = compile_classifier(build_ensemble(members), learning_rate=params.learning_rate)
+        model = compile_classifier(
+            build_ensemble(members), learning_rate=params.learning_rate, optimizer=params.optimizer
+        )
     else:
         model = build_model(params, inputs.tokenizer, inputs.train[0])
     with np.load(directory / WEIGHTS_FILE) as stored:
