@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -114,3 +115,29 @@ def test_atomic_dir_clears_leftovers_of_a_killed_run(tmp_path):
     with atomic_dir(tmp_path / "artifact") as out:
         (out / "weights").write_text("v1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_optimizer_trials_choose_on_validation_and_never_read_the_test_split(
+    small_project, tmp_path
+):
+    from maas.config import OptimizerTrial
+    from maas.training.trials import choose_optimizer
+
+    shutil.copytree(small_project / "data" / "processed", tmp_path / "data" / "processed")
+    (tmp_path / "data" / "processed" / "test.jsonl").unlink()  # trials must not need it
+    shutil.copy(small_project / "params.yaml", tmp_path / "params.yaml")
+    params = config.load_params(tmp_path / "params.yaml").train
+    trial = OptimizerTrial(optimizer="adagrad", learning_rate=0.5)
+    params = dataclasses.replace(params, optimizer_trials=(trial, trial))  # a repeat runs once
+    chosen, rows = choose_optimizer(params, config.project_paths(tmp_path / "params.yaml"))
+    assert [(r["optimizer"], r["learning_rate"]) for r in rows] == [
+        (params.optimizer, params.learning_rate), ("adagrad", 0.5)
+    ]
+    assert all(r["epochs_run"] >= 1 and 0 <= r["val_accuracy"] <= 1 for r in rows)
+    winner = max(rows, key=lambda r: r["val_accuracy"])  # ties: the first, the section's own
+    assert [r["chosen"] for r in rows] == [r is winner for r in rows]
+    assert (chosen.optimizer, chosen.learning_rate) == (winner["optimizer"], winner["learning_rate"])
+    assert chosen.optimizer_trials == params.optimizer_trials
+    # Without trials nothing trains and the parameters come back as they were.
+    alone = dataclasses.replace(params, optimizer_trials=())
+    assert choose_optimizer(alone, config.project_paths(tmp_path / "params.yaml")) == (alone, [])

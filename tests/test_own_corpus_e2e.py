@@ -35,6 +35,7 @@ def repo(tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(source=CORPUS, categories=None, remove=[], max_documents_per_class=None)
     params["train"].update(architecture="wide", ensemble=[])
+    params["train"]["optimizer_trials"] = [{"optimizer": "adagrad", "learning_rate": 1.0}]
     params["train"]["wide"].update(bigram_buckets=0, embedding_dim=16, epochs=8, batch_size=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_csv(root / CORPUS, chinese_texts(per_class=60, seed=1))
@@ -56,6 +57,30 @@ def test_a_corpus_without_spaces_is_learned_far_above_the_majority(repo):
     # The baseline reads the same tokens (characters and bigrams) and learns it too.
     assert evaluation["baseline"]["accuracy"] >= 0.9
     assert card["title"] == "news.csv" and card["scripts"]["Han"] > 0.6
+    # The default's optimizer trials ran first (the notebook shows them), and the model was
+    # trained with the one the notebook marks as chosen.
+    record = json.loads((repo / "models" / "classifier" / "provenance.json").read_text())
+    assert record["params"]["optimizer_trials"]
+    rows = trial_rows(repo / "reports" / "notebooks" / "02-train.ipynb")
+    assert len(rows) == 1 + len(record["params"]["optimizer_trials"])
+    chosen = [row for row in rows if row["chosen"] == "True"]
+    assert len(chosen) == 1
+    assert record["params"]["wide"]["optimizer"] == chosen[0]["optimizer"]
+
+
+def trial_rows(notebook) -> list[dict]:
+    """The rows of the executed train notebook's table of optimizer trials."""
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("data", {}).get("text/markdown", []))
+            if text.startswith("**Optimizer trials**"):
+                lines = [line for line in text.splitlines() if line.startswith("|")]
+                header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+                return [
+                    dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True))
+                    for line in lines[2:]
+                ]
+    raise AssertionError(f"{notebook}: no table of optimizer trials")
 
 
 def test_a_served_prediction_names_the_corpus_class(repo, tmp_path):

@@ -206,9 +206,20 @@ class EnsembleMember:
 
 
 @dataclass(frozen=True)
+class OptimizerTrial:
+    optimizer: Optimizer
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, "train.optimizer_trials[].learning_rate", "> 0")
+
+
+@dataclass(frozen=True)
 class TrainParams:
     architecture: Literal["bilstm", "cnn", "wide"]  # which sub-section below builds the model
     ensemble: tuple[EnsembleMember, ...]  # empty: one model; else these members, averaged
+    # Alternatives to train.<architecture>'s optimizer, tried on validation before training.
+    optimizer_trials: tuple[OptimizerTrial, ...]
     early_stopping_patience: int  # epochs without a better validation loss before stopping
     seed: int
     bilstm: BilstmParams
@@ -261,6 +272,11 @@ class TrainParams:
     @property
     def embedding_dim(self) -> int:
         return self.model.embedding_dim
+
+    def with_optimizer(self, optimizer: Optimizer, learning_rate: float) -> TrainParams:
+        """These parameters with train.<architecture>'s optimizer and learning rate replaced."""
+        section = dataclasses.replace(self.model, optimizer=optimizer, learning_rate=learning_rate)
+        return dataclasses.replace(self, **{self.architecture: section})
 
     def member(self, member: EnsembleMember) -> TrainParams:
         """These parameters for one ensemble member: its architecture and seed, no ensemble."""

@@ -1,6 +1,7 @@
 """The train stage: fit the classifier on the data stage's splits and export it.
 
-Top of the training layers, read one way down: stage (this module) -> job
+Top of the training layers, read one way down: stage (this module; optimizer trials first,
+:mod:`maas.training.trials`) -> job
 (:mod:`maas.training.job`, one process per task) -> worker (:mod:`maas.training.worker`, one
 training process's I/O) -> fit (:mod:`maas.training.fit`, the model and ``model.fit``).
 """
@@ -16,6 +17,7 @@ import tensorflow as tf
 from maas.config import Paths, TrainParams, TrainSettings
 from maas.training import distributed
 from maas.training.job import run_local_job, time_to_start
+from maas.training.trials import choose_optimizer
 from maas.training.worker import train_and_export
 
 
@@ -38,8 +40,28 @@ def run(
     (:func:`maas.training.job.run_local_job`) and wait for them. A run interrupted before the
     end resumes from its last finished epoch when started again. ``settings`` bound the time
     a job may take and say where the Ray cluster is (they change no result).
-    Returns the training summary that is also stored in the model's provenance.
+    Where ``train.optimizer_trials`` is set, the optimizer is chosen on validation first
+    (:mod:`maas.training.trials`); the model's provenance then holds the chosen one.
+    Returns the training summary that is also stored in the model's provenance, with the
+    trials' rows under ``optimizer_trials``.
     """
+    params, trials = choose_optimizer(params, paths)
+    summary = _train(
+        params, paths, settings=settings, strategy=strategy, progress=progress,
+        backup_dir=backup_dir,
+    )  # fmt: skip
+    return {**summary, "optimizer_trials": trials} if trials else summary
+
+
+def _train(
+    params: TrainParams,
+    paths: Paths,
+    *,
+    settings: TrainSettings,
+    strategy: tf.distribute.Strategy | None,
+    progress: bool,
+    backup_dir: Path | None,
+) -> dict[str, Any]:
     name = params.distribute.strategy
     if params.distribute.engine == "ray":
         from maas.training import ray_job  # Ray is imported only when it is used
