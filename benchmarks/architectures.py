@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     base["data"]["max_documents_per_class"] = args.docs_per_class
     base["train"]["distribute"]["strategy"] = "one_device"
+    base["train"]["optimizer_trials"] = []  # each architecture with its own section's optimizer
     if not base["train"]["ensemble"]:
         members = args.ensemble or [f"{base['train']['architecture']}:{s}" for s in (1, 2, 3)]
         base["train"]["ensemble"] = [

@@ -84,6 +84,7 @@ def make_project(
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(categories=CATEGORIES, max_documents_per_class=docs_per_class)
     params["train"].update(epochs=epochs, early_stopping_patience=patience or epochs)
+    params["train"]["optimizer_trials"] = []  # the strategies' training is measured, alone
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
     loaded = config.load_params(directory / "params.yaml")

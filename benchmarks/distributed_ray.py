@@ -70,6 +70,7 @@ def make_project(directory: Path, *, docs_per_class: int, epochs: int) -> Path:
     params["data"].update(categories=CATEGORIES, max_documents_per_class=docs_per_class)
     params["train"]["wide"].update(epochs=epochs)
     params["train"].update(early_stopping_patience=epochs)
+    params["train"]["optimizer_trials"] = []  # the cluster's training is measured, alone
     params["settings"]["train"].update(ray_cpus_per_worker=1, ray_retries=0)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
