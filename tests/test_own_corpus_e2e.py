@@ -74,13 +74,14 @@ def trial_rows(notebook) -> list[dict]:
         for output in cell.get("outputs", []):
             text = "".join(output.get("data", {}).get("text/markdown", []))
             if text.startswith("**Optimizer trials**"):
-                lines = [line for line in text.splitlines() if line.startswith("|")]
-                header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-                return [
-                    dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True))
-                    for line in lines[2:]
-                ]
+                lines = [cells(line) for line in text.splitlines() if line.startswith("|")]
+                return [dict(zip(lines[0], line, strict=True)) for line in lines[2:]]
     raise AssertionError(f"{notebook}: no table of optimizer trials")
+
+
+def cells(line: str) -> list[str]:
+    """The cells of one markdown table row."""
+    return [cell.strip() for cell in line.strip("|").split("|")]
 
 
 def test_a_served_prediction_names_the_corpus_class(repo, tmp_path):
