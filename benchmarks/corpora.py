@@ -113,6 +113,7 @@ def run_corpus(corpus: Path, overrides: list[str], workdir: Path) -> dict:
         "classes": data.get("classes"),
         "model": evaluation["model"],
         "baseline": evaluation["baseline"],
+        "model_vs_baseline": evaluation.get("model_vs_baseline"),
         **measured,
     }
 
@@ -134,11 +135,23 @@ def table_rows(results: list[dict]) -> list[dict]:
             "baseline accuracy": round(r["baseline"]["accuracy"], 4),
             "baseline macro_f1": round(r["baseline"]["macro_f1"], 4),
             "model >= baseline": r["model"]["accuracy"] >= r["baseline"]["accuracy"],
+            **paired_columns(r.get("model_vs_baseline")),
             **{f"{s} s": stages.get(s, {}).get("seconds") for s in ("data", "train", "evaluate")},
             "peak GB": r["peak_gb"],
             **{f"{s} GB": stages.get(s, {}).get("peak_gb") for s in ("data", "train", "evaluate")},
         })  # fmt: skip
     return rows
+
+
+def paired_columns(comparison: dict | None) -> dict:
+    """The difference in points with its 95 % interval, and McNemar's p (blank: not run)."""
+    if not comparison:
+        return {"difference, 95 % interval (points)": "", "McNemar p": ""}
+    low, mid, high = (
+        100 * comparison[k] for k in ("ci95_low", "accuracy_difference", "ci95_high")
+    )
+    return {"difference, 95 % interval (points)": f"{mid:+.2f} [{low:+.2f}, {high:+.2f}]",
+            "McNemar p": round(comparison["mcnemar_p"], 3)}  # fmt: skip
 
 
 def main() -> int:
@@ -182,9 +195,10 @@ def main() -> int:
         "`dvc repro evaluate` (data, train, evaluate) on each corpus, every parameter at its "
         "default but the row's `parameters` (`dvc exp run -S`). Accuracy and macro-F1 "
         "on the test split, beside the evaluate stage's TF-IDF + LinearSVC baseline over the "
-        "same tokens. Seconds per stage; peak memory is the resident set of the stage's whole "
-        f"process tree (target: under {TARGET_PEAK_GB} GB). The machine is shared: compare "
-        "rows of one run.\n\n"
+        "same tokens, with the paired comparison of the two on the same test texts (a "
+        "bootstrap interval of the difference, McNemar's exact test). Seconds per stage; "
+        "peak memory is the resident set of the stage's whole process tree (target: under "
+        f"{TARGET_PEAK_GB} GB). The machine is shared: compare rows of one run.\n\n"
         f"{markdown_table(table_rows(record['results']))}\n"
     )
     (OUT / "corpora.md").write_text(text)

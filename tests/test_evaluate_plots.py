@@ -58,6 +58,38 @@ def test_baseline_reads_text_without_spaces_through_the_tokenizer():
     assert np.mean(predictions == test.labels) == 1.0
 
 
+def test_paired_comparison_counts_the_texts_only_one_gets_right():
+    y_true = np.zeros(1000, int)
+    model = np.where(np.arange(1000) < 800, 0, 1)  # right on the first 800
+    baseline = np.where((np.arange(1000) >= 100) & (np.arange(1000) < 850), 0, 1)  # 100..849
+    result = evaluate.paired_comparison(y_true, model, baseline)
+    assert (result["model_only_correct"], result["baseline_only_correct"]) == (100, 50)
+    assert result["accuracy_difference"] == pytest.approx(0.05)
+    assert result["ci95_low"] < 0.05 < result["ci95_high"]
+    # 150 discordant texts split 100 / 50: McNemar's exact two-sided p (binomial, 1/2).
+    from scipy.stats import binom
+
+    assert result["mcnemar_p"] == pytest.approx(2 * binom.cdf(50, 150, 0.5))
+    assert result["ci95_low"] > 0  # 50 texts in 1,000 is beyond noise
+    assert "more accurate than the baseline" in evaluate.describe_comparison(result)
+
+
+def test_paired_comparison_of_a_few_texts_says_it_cannot_tell():
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 4, 200)
+    model = np.where(rng.random(200) < 0.7, y_true, (y_true + 1) % 4)
+    baseline = model.copy()
+    baseline[np.flatnonzero(model == y_true)[:3]] = 9  # the baseline misses three more
+    result = evaluate.paired_comparison(y_true, model, baseline)
+    assert result["accuracy_difference"] == pytest.approx(3 / 200)
+    assert result["ci95_low"] <= 0 < result["ci95_high"] and result["mcnemar_p"] == 0.25
+    assert "cannot tell the two apart" in evaluate.describe_comparison(result)
+    same = evaluate.paired_comparison(y_true, model, model)
+    assert same["mcnemar_p"] == 1.0 and same["ci95_low"] == same["ci95_high"] == 0.0
+    with pytest.raises(ValueError, match="same non-zero number"):
+        evaluate.paired_comparison(y_true, model, baseline[:-1])
+
+
 def test_evaluate_stage_writes_dvc_metrics(small_project):
     params = config.load_params(small_project / "params.yaml")
     paths = config.project_paths(small_project / "params.yaml")
@@ -65,6 +97,9 @@ def test_evaluate_stage_writes_dvc_metrics(small_project):
     stored = json.loads((paths.metrics_dir / "evaluate.json").read_text())
     assert stored == json.loads(json.dumps(report["summary"]))
     assert stored["test_posts"] == sum(map(sum, report["model"]["confusion_matrix"]))
+    paired = stored["model_vs_baseline"]
+    assert paired["accuracy_difference"] == pytest.approx(stored["accuracy_gap_vs_baseline"])
+    assert paired["ci95_low"] <= paired["accuracy_difference"] <= paired["ci95_high"]
     full = json.loads((paths.reports_dir / "evaluation" / "report.json").read_text())
     assert full["provenance"]["model_provenance"]["stage"] == "train"
 

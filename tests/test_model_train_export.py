@@ -132,12 +132,14 @@ def test_optimizer_trials_choose_on_validation_and_never_read_the_test_split(
     params = dataclasses.replace(params, architecture="wide", optimizer_trials=(trial, trial))
     chosen, rows = choose_optimizer(params, config.project_paths(tmp_path / "params.yaml"))
     assert [(r["optimizer"], r["learning_rate"]) for r in rows] == [
-        (params.optimizer, params.learning_rate), ("adagrad", 0.5)
+        (params.optimizer, params.learning_rate),
+        ("adagrad", 0.5),
     ]
     assert all(r["epochs_run"] >= 1 and 0 <= r["val_accuracy"] <= 1 for r in rows)
     winner = max(rows, key=lambda r: r["val_accuracy"])  # ties: the first, the section's own
     assert [r["chosen"] for r in rows] == [r is winner for r in rows]
-    assert (chosen.optimizer, chosen.learning_rate) == (winner["optimizer"], winner["learning_rate"])
+    assert chosen.optimizer == winner["optimizer"]
+    assert chosen.learning_rate == winner["learning_rate"]
     assert chosen.optimizer_trials == params.optimizer_trials
     # Without trials nothing trains and the parameters come back as they were.
     alone = dataclasses.replace(params, optimizer_trials=())

@@ -49,3 +49,19 @@ def test_the_command_prints_the_path_where_there_is_no_display(tmp_path, monkeyp
     monkeypatch.setattr(sys, "platform", "linux")
     report.main(["--root", str(tmp_path), "--open"])
     assert capsys.readouterr().out.strip() == str(tmp_path.resolve() / "reports" / "index.html")
+
+
+def test_the_evaluate_section_says_whether_the_test_split_tells_model_and_baseline_apart(
+    tmp_path,
+):
+    metrics = tmp_path / "reports" / "metrics"
+    metrics.mkdir(parents=True)
+    paired = {"accuracy_difference": -0.0083, "ci95_low": -0.025, "ci95_high": 0.009,
+              "model_only_correct": 40, "baseline_only_correct": 50, "mcnemar_p": 0.3}  # fmt: skip
+    (metrics / "evaluate.json").write_text(json.dumps({
+        "test_posts": 1205, "model": {"accuracy": 0.73}, "baseline": {"accuracy": 0.74},
+        "model_vs_baseline": paired,
+    }))  # fmt: skip
+    page = report.build(tmp_path).read_text()
+    assert "Model minus baseline: -0.83 points" in page
+    assert "-2.50 to +0.90" in page and "cannot tell the two apart" in page

@@ -23,6 +23,7 @@ from typing import Any
 
 from maas import progress, reporting
 from maas.config import Paths
+from maas.evaluate import describe_comparison
 from maas.provenance import PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def evaluate_section(paths: Paths) -> Section:
         if name in metrics
     ]
     text = f"Test split: {metrics.get('test_posts', '?')} posts."
+    if "model_vs_baseline" in metrics:
+        text += " " + describe_comparison(metrics["model_vs_baseline"])
     return Section("evaluate", "Model against the baseline", text, [("Test split", rows)])
 
 
