@@ -192,7 +192,7 @@ def test_adagrad_learns_and_leaves_the_rows_of_unseen_terms_alone():
     model = build_architecture(
         "wide", section, vocabulary_size=16, sequence_length=6, n_classes=2, train_ids=ids
     )
-    compile_classifier(model, learning_rate=section.learning_rate, optimizer=section.optimizer)
+    compile_classifier(model, section)
     assert isinstance(model.optimizer, keras.optimizers.Adagrad)
     table = model.get_layer("embedding")
     before = table.get_weights()[0].copy()

@@ -71,7 +71,7 @@ def test_paired_comparison_counts_the_texts_only_one_gets_right():
 
     assert result["mcnemar_p"] == pytest.approx(2 * binom.cdf(50, 150, 0.5))
     assert result["ci95_low"] > 0  # 50 texts in 1,000 is beyond noise
-    assert "more accurate than the baseline" in evaluate.describe_comparison(result)
+    assert "more accurate than the baseline" in reporting.describe_comparison(result)
 
 
 def test_paired_comparison_of_a_few_texts_says_it_cannot_tell():
@@ -83,7 +83,7 @@ def test_paired_comparison_of_a_few_texts_says_it_cannot_tell():
     result = evaluate.paired_comparison(y_true, model, baseline)
     assert result["accuracy_difference"] == pytest.approx(3 / 200)
     assert result["ci95_low"] <= 0 < result["ci95_high"] and result["mcnemar_p"] == 0.25
-    assert "cannot tell the two apart" in evaluate.describe_comparison(result)
+    assert "cannot tell the two apart" in reporting.describe_comparison(result)
     same = evaluate.paired_comparison(y_true, model, model)
     assert same["mcnemar_p"] == 1.0 and same["ci95_low"] == same["ci95_high"] == 0.0
     with pytest.raises(ValueError, match="same non-zero number"):

@@ -117,20 +117,30 @@ def test_atomic_dir_clears_leftovers_of_a_killed_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
 
 
+def trial_project(small_project, tmp_path):
+    """A copy of the small project's splits and parameters, without its test split."""
+    shutil.copytree(small_project / "data" / "processed", tmp_path / "data" / "processed")
+    (tmp_path / "data" / "processed" / "test.jsonl").unlink()  # trials must not need it
+    shutil.copy(small_project / "params.yaml", tmp_path / "params.yaml")
+    return config.load_params(tmp_path / "params.yaml"), config.project_paths(
+        tmp_path / "params.yaml"
+    )
+
+
 def test_optimizer_trials_choose_on_validation_and_never_read_the_test_split(
     small_project, tmp_path
 ):
     from maas.config import OptimizerTrial
-    from maas.training.trials import choose_optimizer
+    from maas.training.trials import Choice, choose_optimizer
 
-    shutil.copytree(small_project / "data" / "processed", tmp_path / "data" / "processed")
-    (tmp_path / "data" / "processed" / "test.jsonl").unlink()  # trials must not need it
-    shutil.copy(small_project / "params.yaml", tmp_path / "params.yaml")
-    params = config.load_params(tmp_path / "params.yaml").train
+    all_params, paths = trial_project(small_project, tmp_path)
     trial = OptimizerTrial(optimizer="adagrad", learning_rate=0.5)
     # The small wide model trains fastest; a repeated trial runs once.
-    params = dataclasses.replace(params, architecture="wide", optimizer_trials=(trial, trial))
-    chosen, rows = choose_optimizer(params, config.project_paths(tmp_path / "params.yaml"))
+    params = dataclasses.replace(
+        all_params.train, architecture="wide", optimizer_trials=(trial, trial)
+    )
+    choice = choose_optimizer(params, paths)
+    chosen, rows = choice.params, choice.rows
     assert [(r["optimizer"], r["learning_rate"]) for r in rows] == [
         (params.optimizer, params.learning_rate),
         ("adagrad", 0.5),
@@ -141,6 +151,52 @@ def test_optimizer_trials_choose_on_validation_and_never_read_the_test_split(
     assert chosen.optimizer == winner["optimizer"]
     assert chosen.learning_rate == winner["learning_rate"]
     assert chosen.optimizer_trials == params.optimizer_trials
+    assert choice.trained is None  # a single model: no member to stand in for
     # Without trials nothing trains and the parameters come back as they were.
     alone = dataclasses.replace(params, optimizer_trials=())
-    assert choose_optimizer(alone, config.project_paths(tmp_path / "params.yaml")) == (alone, [])
+    assert choose_optimizer(alone, paths) == Choice(alone, [])
+
+
+def test_the_winning_trial_is_the_first_member_and_is_not_trained_again(
+    small_project, tmp_path, caplog
+):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from maas.config import EnsembleMember, OptimizerTrial
+    from maas.training import stage
+    from maas.training.fit import fit
+    from maas.training.trials import trial_params
+    from maas.training.worker import read_inputs
+
+    all_params, paths = trial_project(small_project, tmp_path)
+    members = (EnsembleMember("wide", 1), EnsembleMember("wide", 2))
+    trial = OptimizerTrial(optimizer="adagrad", learning_rate=0.5)
+    params = dataclasses.replace(
+        all_params.train, architecture="wide", ensemble=members, optimizer_trials=(trial,)
+    )
+    with caplog.at_level("INFO", logger="maas.training"):
+        summary = stage.run(params, paths, settings=all_params.settings.train, progress=False)
+    chosen = next(row for row in summary["optimizer_trials"] if row["chosen"])
+    first = summary["members"][0]
+    # The member's outcome is the trial's, to the tenth of a second of its training time.
+    assert {k: first[k] for k in chosen if k in first} == {
+        k: chosen[k] for k in chosen if k in first
+    }
+    assert "train.ensemble[0] (wide, seed 1) is the optimizer trial's model" in caplog.text
+    assert "ensemble: training train.ensemble[1]" in caplog.text
+    assert "ensemble: training train.ensemble[0]" not in caplog.text
+    # And it is the very model the first member's own training makes on one device.
+    exported = keras.models.load_model(paths.classifier_dir / "model.keras", compile=False)
+    member = next(layer for layer in exported.layers if layer.name.startswith("member_0_"))
+    best = params.with_optimizer(chosen["optimizer"], chosen["learning_rate"])
+    inputs = read_inputs(paths)
+    again = fit(
+        trial_params(best),
+        tokenizer=inputs.tokenizer,
+        train=inputs.train,
+        validation=inputs.validation,
+        strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+    ).model
+    for ours, theirs in zip(member.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -23,6 +23,7 @@ import numpy as np
 
 from maas.config import EvaluateParams, Paths, to_dict
 from maas.provenance import build_provenance, read_json, write_json
+from maas.reporting import describe_comparison
 from maas.splits import Split, read_split
 
 log = logging.getLogger(__name__)
@@ -117,24 +118,6 @@ def paired_comparison(
         "baseline_only_correct": baseline_only,
         "mcnemar_p": float(p_value),
     }
-
-
-def describe_comparison(comparison: dict[str, Any]) -> str:
-    """One sentence for a reader: the difference in points, its interval, and what it means."""
-    points = {k: 100 * comparison[k] for k in ("accuracy_difference", "ci95_low", "ci95_high")}
-    if points["ci95_low"] > 0:
-        verdict = "the model is more accurate than the baseline"
-    elif points["ci95_high"] < 0:
-        verdict = "the baseline is more accurate than the model"
-    else:
-        verdict = "this test split cannot tell the two apart"
-    return (
-        f"Model minus baseline: {points['accuracy_difference']:+.2f} points of accuracy "
-        f"(95 % bootstrap interval {points['ci95_low']:+.2f} to {points['ci95_high']:+.2f}); "
-        f"the model alone is right on {comparison['model_only_correct']} test texts, the "
-        f"baseline alone on {comparison['baseline_only_correct']} (McNemar p = "
-        f"{comparison['mcnemar_p']:.3g}): {verdict}."
-    )
 
 
 def predict_texts(

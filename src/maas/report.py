@@ -23,7 +23,6 @@ from typing import Any
 
 from maas import progress, reporting
 from maas.config import Paths
-from maas.evaluate import describe_comparison
 from maas.provenance import PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def evaluate_section(paths: Paths) -> Section:
     ]
     text = f"Test split: {metrics.get('test_posts', '?')} posts."
     if "model_vs_baseline" in metrics:
-        text += " " + describe_comparison(metrics["model_vs_baseline"])
+        text += " " + reporting.describe_comparison(metrics["model_vs_baseline"])
     return Section("evaluate", "Model against the baseline", text, [("Test split", rows)])
 
 

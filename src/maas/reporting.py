@@ -62,3 +62,22 @@ def corpus_summary(card: Mapping[str, Any]) -> str:
     if shared:
         text += f" {shared} test texts also appear in training (leakage)."
     return text
+
+
+def describe_comparison(comparison: dict[str, Any]) -> str:
+    """One sentence for a reader on :func:`maas.evaluate.paired_comparison`'s result: the
+    difference in points, its interval, and what it means."""
+    points = {k: 100 * comparison[k] for k in ("accuracy_difference", "ci95_low", "ci95_high")}
+    if points["ci95_low"] > 0:
+        verdict = "the model is more accurate than the baseline"
+    elif points["ci95_high"] < 0:
+        verdict = "the baseline is more accurate than the model"
+    else:
+        verdict = "this test split cannot tell the two apart"
+    return (
+        f"Model minus baseline: {points['accuracy_difference']:+.2f} points of accuracy "
+        f"(95 % bootstrap interval {points['ci95_low']:+.2f} to {points['ci95_high']:+.2f}); "
+        f"the model alone is right on {comparison['model_only_correct']} test texts, the "
+        f"baseline alone on {comparison['baseline_only_correct']} (McNemar p = "
+        f"{comparison['mcnemar_p']:.3g}): {verdict}."
+    )

@@ -14,6 +14,8 @@ ops only, so ``model.keras`` loads without custom objects and converts to TFLite
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import tf_keras as keras
 
 from maas.config import ARCHITECTURE_PARAMS
@@ -33,10 +35,21 @@ __all__ = [
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}
 
 
-def compile_classifier(model: keras.Model, *, learning_rate: float, optimizer: str) -> keras.Model:
-    """``model`` compiled for training: ``optimizer`` is a name of :data:`OPTIMIZERS`."""
+class OptimizerSettings(Protocol):
+    """What compiling reads: ``train.<architecture>`` or the ``train`` section (its model's)."""
+
+    @property
+    def optimizer(self) -> str: ...
+
+    @property
+    def learning_rate(self) -> float: ...
+
+
+def compile_classifier(model: keras.Model, settings: OptimizerSettings) -> keras.Model:
+    """``model`` compiled for training with one section's optimizer (:data:`OPTIMIZERS`) and
+    learning rate, taken together so that neither can come from another section."""
     model.compile(
-        optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate),
+        optimizer=OPTIMIZERS[settings.optimizer](learning_rate=settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

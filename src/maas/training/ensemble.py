@@ -71,9 +71,11 @@ def fit_ensemble(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     first_step_marker: Path | None = None,
+    trained: dict[int, TrainResult] | None = None,
 ) -> TrainResult:
     """Train every member in turn with :func:`maas.training.fit.fit`; return the ensemble's
-    ``TrainResult``.
+    ``TrainResult``. ``trained``: members already trained with their exact parameters (by
+    index; the optimizer trials' winner), used as they are.
 
     Raises:
         EnsembleMemberError: a member failed; nothing was exported.
@@ -83,7 +85,14 @@ def fit_ensemble(
     others = [c for c in callbacks if not isinstance(c, LiveLogger)]
     started = time.perf_counter()
     results = []
+    trained = trained or {}
+    marker = first_step_marker  # written by the first member this process trains
     for index, member in enumerate(params.ensemble):
+        if index in trained:
+            log.info("ensemble: %s is the optimizer trial's model, not trained again",
+                     describe(index, member))  # fmt: skip
+            results.append(trained[index])
+            continue
         log.info("ensemble: training %s", describe(index, member))
         try:
             result = fit(
@@ -94,8 +103,9 @@ def fit_ensemble(
                 strategy=strategy,
                 callbacks=others,
                 verbose=verbose,
-                first_step_marker=first_step_marker if index == 0 else None,
+                first_step_marker=marker,
             )
+            marker = None
         except Exception as error:
             raise EnsembleMemberError(f"{describe(index, member)} failed: {error}") from error
         if strategy is not None and strategy is not tf.distribute.get_strategy():
@@ -129,9 +139,7 @@ def assemble(
         examples: training examples in one epoch.
     """
     models = [result.model for result in results]
-    ensemble = compile_classifier(
-        build_ensemble(models), learning_rate=params.learning_rate, optimizer=params.optimizer
-    )
+    ensemble = compile_classifier(build_ensemble(models), params)
     val_loss, val_accuracy = ensemble.evaluate(*validation, batch_size=256, verbose=0)
     history = combined_history(results, val_loss=val_loss, val_accuracy=val_accuracy)
     for logger in (c for c in callbacks if isinstance(c, LiveLogger)):

@@ -165,8 +165,7 @@ def build_model(
             n_classes=len(tokenizer.labels),
             train_ids=train_ids,
         ),
-        learning_rate=params.learning_rate,
-        optimizer=params.optimizer,
+        params,
     )
 
 

@@ -16,9 +16,10 @@ import tensorflow as tf
 
 from maas.config import Paths, TrainParams, TrainSettings
 from maas.training import distributed
+from maas.training.fit import TrainResult
 from maas.training.job import run_local_job, time_to_start
 from maas.training.trials import choose_optimizer
-from maas.training.worker import train_and_export
+from maas.training.worker import Inputs, train_and_export
 
 
 def run(
@@ -45,12 +46,19 @@ def run(
     Returns the training summary that is also stored in the model's provenance, with the
     trials' rows under ``optimizer_trials``.
     """
-    params, trials = choose_optimizer(params, paths)
+    # Only a training in this process on one device is exactly the trial's, so only there
+    # does the winning trial's model stand in for the ensemble member it trained.
+    in_process = (
+        params.distribute.engine == "local"
+        and params.distribute.strategy == "one_device"
+        and (strategy is None or strategy.num_replicas_in_sync == 1)
+    )
+    choice = choose_optimizer(params, paths, keep_winner=in_process)
     summary = _train(
-        params, paths, settings=settings, strategy=strategy, progress=progress,
-        backup_dir=backup_dir,
+        choice.params, paths, settings=settings, strategy=strategy, progress=progress,
+        backup_dir=backup_dir, inputs=choice.inputs, trained=choice.trained,
     )  # fmt: skip
-    return {**summary, "optimizer_trials": trials} if trials else summary
+    return {**summary, "optimizer_trials": choice.rows} if choice.rows else summary
 
 
 def _train(
@@ -61,7 +69,11 @@ def _train(
     strategy: tf.distribute.Strategy | None,
     progress: bool,
     backup_dir: Path | None,
+    inputs: Inputs | None = None,
+    trained: dict[int, TrainResult] | None = None,
 ) -> dict[str, Any]:
+    """Train on the engine and strategy of ``params``. ``inputs`` (the encoded splits) and
+    ``trained`` (ensemble members already trained) serve a training in this process only."""
     name = params.distribute.strategy
     if params.distribute.engine == "ray":
         from maas.training import ray_job  # Ray is imported only when it is used
@@ -76,7 +88,8 @@ def _train(
     if strategy is None:
         strategy = distributed.make_strategy(name, replicas=params.distribute.replicas)
     summary, _ = train_and_export(
-        params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir
-    )
+        params, paths, strategy=strategy, progress=progress, backup_dir=backup_dir,
+        inputs=inputs, trained=trained,
+    )  # fmt: skip
     summary.update(time_to_start(summary, since=started))
     return summary

@@ -9,18 +9,23 @@ that architecture) trains once with the section's own optimizer and once with ea
 this process, and the best validation accuracy (ties: the earlier) decides what the stage
 then trains on its engine and strategy. Only the validation split is read: the test split
 chooses nothing.
+
+The winning trial is exactly the training of the ensemble's first member of that
+architecture (the same parameters, seed and data). Where the stage trains in this process on
+one device, it keeps that model as the member (:attr:`Choice.trained`) instead of training it
+again.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import tf_keras as keras
 
 from maas.config import Paths, TrainParams
-from maas.training.fit import fit
-from maas.training.worker import read_inputs
+from maas.training.fit import TrainResult, fit
+from maas.training.worker import Inputs, read_inputs
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +37,42 @@ def candidates(params: TrainParams) -> list[tuple[str, float]]:
     return list(dict.fromkeys(pairs))
 
 
+class Choice(NamedTuple):
+    params: TrainParams  # with the winning optimizer
+    rows: list[dict[str, Any]]  # one per trial, the winner ``chosen``; [] without trials
+    inputs: Inputs | None = None  # the encoded splits the trials read, for the training
+    trained: dict[int, TrainResult] | None = None  # ensemble index -> a member's training
+
+
+def first_member(params: TrainParams) -> int | None:
+    """The index of the ensemble's first member of ``train.architecture`` (``None``: none)."""
+    found = (i for i, m in enumerate(params.ensemble) if m.architecture == params.architecture)
+    return next(found, None)
+
+
 def trial_params(params: TrainParams) -> TrainParams:
     """The one model a trial trains: the ensemble's first member of the architecture, or the
     single model."""
-    first = next((m for m in params.ensemble if m.architecture == params.architecture), None)
-    return params.member(first) if first is not None else params
+    index = first_member(params)
+    return params.member(params.ensemble[index]) if index is not None else params
 
 
-def choose_optimizer(params: TrainParams, paths: Paths) -> tuple[TrainParams, list[dict]]:
-    """``params`` with the winning optimizer, and one row per trial (the winner ``chosen``).
+def choose_optimizer(params: TrainParams, paths: Paths, *, keep_winner: bool = False) -> Choice:
+    """The parameters with the winning optimizer, and one row per trial.
 
     With fewer than two candidates nothing is trained and ``params`` come back unchanged.
+    ``keep_winner``: where the winning trial is an ensemble member's training, keep its
+    model in ``trained`` (else every trial's model is dropped).
     """
     pairs = candidates(params)
     if len(pairs) < 2:
-        return params, []
+        return Choice(params, [])
     inputs = read_inputs(paths)
     single = trial_params(params)
+    member = first_member(params)
+    keep = keep_winner and member is not None
     rows: list[dict[str, Any]] = []
+    kept: tuple[float, TrainResult] | None = None
     for index, (optimizer, learning_rate) in enumerate(pairs, start=1):
         log.info("optimizer trial %d/%d: %s, learning rate %g", index, len(pairs),
                  optimizer, learning_rate)  # fmt: skip
@@ -62,11 +85,17 @@ def choose_optimizer(params: TrainParams, paths: Paths) -> tuple[TrainParams, li
         rows.append({"optimizer": optimizer, "learning_rate": learning_rate, **result.outcome()})
         log.info("optimizer trial %d/%d: validation accuracy %.4f", index, len(pairs),
                  rows[-1]["val_accuracy"])  # fmt: skip
+        if keep and (kept is None or rows[-1]["val_accuracy"] > kept[0]):  # ties: the earlier
+            kept = (rows[-1]["val_accuracy"], result)
         del result
-        keras.backend.clear_session()  # the trial's graph and weights are not kept
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
     for index, row in enumerate(rows):
         row["chosen"] = index == best
     optimizer, learning_rate = pairs[best]
     log.info("optimizer trials: %s, learning rate %g trains the model", optimizer, learning_rate)
-    return params.with_optimizer(optimizer, learning_rate), rows
+    chosen = params.with_optimizer(optimizer, learning_rate)
+    if kept is None:
+        keras.backend.clear_session()  # no trial's graph or weights are kept
+        return Choice(chosen, rows, inputs)
+    assert chosen.member(chosen.ensemble[member]) == single.with_optimizer(*pairs[best])
+    return Choice(chosen, rows, inputs, {member: kept[1]})

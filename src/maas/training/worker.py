@@ -96,11 +96,7 @@ def exportable_model(
     """The trained model with ordinary variables (never ps shards), so it loads anywhere."""
     if strategy is tf.distribute.get_strategy():
         return result.model
-    return compile_classifier(
-        distributed.plain_copy(result.model),
-        learning_rate=params.learning_rate,
-        optimizer=params.optimizer,
-    )
+    return compile_classifier(distributed.plain_copy(result.model), params)
 
 
 def summarize(
@@ -155,8 +151,10 @@ def train_model(
     callbacks: list[keras.callbacks.Callback],
     backup: TrainingBackup,
     first_step_marker: Path | None = None,
+    trained: dict[int, TrainResult] | None = None,
 ) -> TrainResult:
-    """One model backed up every epoch, or an ensemble's members in turn (without backups)."""
+    """One model backed up every epoch, or an ensemble's members in turn (without backups;
+    ``trained``: members already trained, by index)."""
     common = {
         "tokenizer": inputs.tokenizer,
         "train": inputs.train,
@@ -166,7 +164,7 @@ def train_model(
         "first_step_marker": first_step_marker,
     }
     if params.ensemble:
-        return fit_ensemble(params, **common)
+        return fit_ensemble(params, trained=trained, **common)
     return fit(params, backup=backup, **common)
 
 
@@ -217,12 +215,16 @@ def train_and_export(
     progress: bool = True,
     backup_dir: Path | None = None,
     first_step_marker: Path | None = None,
+    inputs: Inputs | None = None,
+    trained: dict[int, TrainResult] | None = None,
 ) -> tuple[dict[str, Any], TrainResult]:
     """Fit under ``strategy`` with backups; the chief exports to ``models/classifier``.
 
-    Returns the training summary (also stored in the model's provenance) and the result.
+    ``inputs``: the splits already read (:func:`read_inputs`); ``trained``: ensemble members
+    already trained, by index (the optimizer trials' winner). Returns the training summary
+    (also stored in the model's provenance) and the result.
     """
-    inputs = read_inputs(paths)
+    inputs = inputs or read_inputs(paths)
     backup = open_backup(
         backup_dir or paths.train_backup_dir, params, strategy, inputs, writer=chief
     )
@@ -233,6 +235,7 @@ def train_and_export(
         callbacks=chief_callbacks(params, paths, backup, progress=progress) if chief else [],
         backup=backup,
         first_step_marker=first_step_marker,
+        trained=trained,
     )
     model = exportable_model(result, params, strategy)
     summary = summarize(result, model, params, replicas=int(strategy.num_replicas_in_sync))
@@ -286,9 +289,7 @@ def load_result(params: TrainParams, inputs: Inputs, directory: Path) -> TrainRe
             build_model(params.member(member), inputs.tokenizer, inputs.train[0])
             for member in params.ensemble
         ]
-        model = compile_classifier(
-            build_ensemble(members), learning_rate=params.learning_rate, optimizer=params.optimizer
-        )
+        model = compile_classifier(build_ensemble(members), params)
     else:
         model = build_model(params, inputs.tokenizer, inputs.train[0])
     with np.load(directory / WEIGHTS_FILE) as stored:
