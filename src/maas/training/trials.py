@@ -72,9 +72,9 @@ def choose_optimizer(params: TrainParams, paths: Paths, *, keep_winner: bool = F
     member = first_member(params)
     keep = keep_winner and member is not None
     rows: list[dict[str, Any]] = []
-    kept: tuple[float, TrainResult] | None = None
-    for index, (optimizer, learning_rate) in enumerate(pairs, start=1):
-        log.info("optimizer trial %d/%d: %s, learning rate %g", index, len(pairs),
+    leader: dict[int, TrainResult] = {}  # the best trial so far, by index, where kept
+    for index, (optimizer, learning_rate) in enumerate(pairs):
+        log.info("optimizer trial %d/%d: %s, learning rate %g", index + 1, len(pairs),
                  optimizer, learning_rate)  # fmt: skip
         result = fit(
             single.with_optimizer(optimizer, learning_rate),
@@ -83,19 +83,23 @@ def choose_optimizer(params: TrainParams, paths: Paths, *, keep_winner: bool = F
             validation=inputs.validation,
         )
         rows.append({"optimizer": optimizer, "learning_rate": learning_rate, **result.outcome()})
-        log.info("optimizer trial %d/%d: validation accuracy %.4f", index, len(pairs),
+        log.info("optimizer trial %d/%d: validation accuracy %.4f", index + 1, len(pairs),
                  rows[-1]["val_accuracy"])  # fmt: skip
-        if keep and (kept is None or rows[-1]["val_accuracy"] > kept[0]):  # ties: the earlier
-            kept = (rows[-1]["val_accuracy"], result)
+        if keep and best_row(rows) == index:
+            leader = {index: result}
         del result
-    best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
+    best = best_row(rows)
     for index, row in enumerate(rows):
         row["chosen"] = index == best
     optimizer, learning_rate = pairs[best]
     log.info("optimizer trials: %s, learning rate %g trains the model", optimizer, learning_rate)
     chosen = params.with_optimizer(optimizer, learning_rate)
-    if kept is None:
+    if best not in leader:
         keras.backend.clear_session()  # no trial's graph or weights are kept
         return Choice(chosen, rows, inputs)
-    assert chosen.member(chosen.ensemble[member]) == single.with_optimizer(*pairs[best])
-    return Choice(chosen, rows, inputs, {member: kept[1]})
+    return Choice(chosen, rows, inputs, {member: leader[best]})
+
+
+def best_row(rows: list[dict[str, Any]]) -> int:
+    """The index of the best validation accuracy (ties: the earlier, the section's own first)."""
+    return max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
