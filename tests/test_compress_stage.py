@@ -143,6 +143,15 @@ def test_reloaded_variant_matches_its_in_memory_model(compressed, test_texts, na
     np.testing.assert_allclose(runtime.predict(test_texts), expected, atol=tolerance)
 
 
+def test_a_lean_onnx_runtime_predicts_what_the_served_one_does(compressed, test_texts):
+    served = load_runtime(variant_dir(compressed, "onnx"))
+    lean = load_runtime(variant_dir(compressed, "onnx"), lean=True)
+    assert (served.lean, lean.lean) == (False, True)
+    expected = served.predict(test_texts)
+    for _ in range(2):  # the second call runs on an arena the first handed back
+        np.testing.assert_array_equal(lean.predict(test_texts), expected)
+
+
 @pytest.mark.parametrize(
     "name", ["dynamic_int8", "int8", "qat_int8", "pruned_int8", "distilled_int8"]
 )

@@ -184,3 +184,34 @@ def test_config_rejects_bad_compress_parameters(override, message):
 
     with pytest.raises(ConfigError, match=message):
         load_params(ROOT / "params.yaml", override)
+
+
+def test_the_builder_drops_each_model_once_no_variant_left_is_made_from_it():
+    from conftest import ROOT
+
+    from maas.compress.variants import VariantBuilder, source_of
+
+    assert [source_of(n) for n in ("int8", "qat_int8", "pruned", "distilled_int8", "onnx")] == [
+        "teacher", "qat", "pruned", "distilled", "teacher"
+    ]  # fmt: skip
+    builder = VariantBuilder(load_params(ROOT / "params.yaml").compress, inputs=None)
+    built = ("qat", "pruned", "distilled", "scratch")
+    builder.__dict__.update({name: object() for name in built})
+    builder.__dict__["teacher_train_probabilities"] = np.zeros((2, 3))
+    builder.keep_only_for(["pruned_int8", "distilled_float32", "onnx"])
+    assert [n for n in built if n in builder.__dict__] == ["pruned", "distilled"]
+    # The student is built: the teacher's training outputs it learned from are not needed.
+    assert "teacher_train_probabilities" not in builder.__dict__
+    builder.keep_only_for([])
+    assert not [n for n in built if n in builder.__dict__]
+
+
+def test_the_teacher_outputs_stay_until_the_distilled_student_is_built():
+    from conftest import ROOT
+
+    from maas.compress.variants import VariantBuilder
+
+    builder = VariantBuilder(load_params(ROOT / "params.yaml").compress, inputs=None)
+    builder.__dict__["teacher_train_probabilities"] = np.zeros((2, 3))
+    builder.keep_only_for(["distilled", "distilled_int8"])
+    assert "teacher_train_probabilities" in builder.__dict__

@@ -9,6 +9,7 @@ probabilities ``(batch, classes)``, as :mod:`maas.runtime` expects.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import tf_keras as keras
@@ -74,10 +75,15 @@ def onnx_ops(content: bytes) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def predict_onnx(content: bytes, ids: np.ndarray) -> np.ndarray:
-    """Probabilities from an in-memory ONNX model (the reference for the round trip)."""
+def onnx_predictor(content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities from token ids, through one session of an in-memory ONNX model (the
+    reference for the round trip)."""
     import onnxruntime
 
+    from maas.runtime import onnx_run_options
+
     session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: ids.astype(np.int32)})[0].astype(np.float32)
+    name, options = session.get_inputs()[0].name, onnx_run_options()
+    return lambda ids: session.run(None, {name: ids.astype(np.int32)}, options)[0].astype(
+        np.float32
+    )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tf_keras as keras
 
 from maas.compress import prune, report
 from maas.compress.variants import Inputs, Variant, VariantBuilder, model_path
@@ -182,10 +183,15 @@ def update_provenance(directory: Path, fields: dict[str, Any]) -> None:
     write_json(directory / PROVENANCE_FILE, record)
 
 
+ROUNDTRIP_BATCH = 32  # texts per call: the wide model's term counts take batch x length^2
+
+
 def check_round_trip(runtime, variant: Variant, texts: list[str], tokenizer: Tokenizer) -> float:
     """Max |reloaded - in-memory| over ``texts``; :class:`RoundTripError` above tolerance."""
-    reloaded = runtime.predict(texts)
-    in_memory = variant.reference(tokenizer.encode(texts))
+    reloaded = predict_texts(runtime.predict, texts, batch_size=ROUNDTRIP_BATCH)
+    in_memory = predict_texts(
+        lambda chunk: variant.reference(tokenizer.encode(chunk)), texts, batch_size=ROUNDTRIP_BATCH
+    )
     difference = float(np.max(np.abs(reloaded - in_memory)))
     if not difference <= ROUNDTRIP_TOLERANCE:
         raise RoundTripError(
@@ -256,16 +262,20 @@ def run(params: CompressParams, paths: Paths, *, settings: CompressSettings) -> 
         # on the other core while the next variant is built: the seeded fine-tuning in this
         # thread stays reproducible, and the test split costs little wall time.
         with ThreadPoolExecutor(max_workers=1) as background:
-            for name in [n for n in COMPRESSION_VARIANTS if n in params.variants]:
+            names = [n for n in COMPRESSION_VARIANTS if n in params.variants]
+            for index, name in enumerate(names):
                 row, predictors[name] = build_variant(
                     name, builder, out, params=params, paths=paths, test=test,
                     teacher_classes=rows[0]["_classes"], check_texts=check_texts,
                     details=details, background=background,
                 )  # fmt: skip
                 rows.append(row)
+                builder.keep_only_for(names[index + 1 :])
+                release_memory()  # a conversion's garbage, before the next one's peak
             rows = [row.result() if isinstance(row, Future) else row for row in rows]
         details["histories"] = builder.histories
         del builder  # the fine-tuned Keras models: their variants are on disk now
+        keras.backend.clear_session()  # the trainings' graphs and cached kernels
         release_memory()  # before every model is loaded at once to be timed
         loaded = {
             name: predict() if isinstance(predict, Reload) else predict
@@ -350,7 +360,7 @@ def build_variant(
     if variant.info.get("source") == "pruned":  # verified per layer before it counts
         details["pruned_sparsity"] = verify_sparsity(variant.source, params)
         update_provenance(directory, {"sparsity": details["pruned_sparsity"]})
-    runtime = load_runtime(directory)
+    runtime = load_runtime(directory, lean=True)  # timed later, reloaded as served
     difference = check_round_trip(runtime, variant, check_texts, tokenizer)
     build_seconds = round(time.perf_counter() - started, 1)
     log.info(

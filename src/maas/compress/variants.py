@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,13 @@ TFLITE_VARIANTS = {
     "distilled_int8": ("distilled", "int8"),
 }
 KERAS_VARIANTS = ("pruned", "distilled", "scratch")
+
+
+def source_of(name: str) -> str:
+    """The model a variant is made from: ``teacher`` or one of :class:`VariantBuilder`'s."""
+    if name in TFLITE_VARIANTS:
+        return TFLITE_VARIANTS[name][0]
+    return name if name in KERAS_VARIANTS else "teacher"
 
 
 @dataclass
@@ -156,6 +163,19 @@ class VariantBuilder:
     def scratch(self) -> keras.Model:
         return self._student("scratch", distilled=False)
 
+    def keep_only_for(self, names: Collection[str]) -> None:
+        """Drop the fine-tuned models and students that no variant of ``names`` is made from.
+
+        Each pruned or QAT ensemble holds the teacher's weights again with optimizer slots and
+        masks; kept to the end, they stood under the ONNX conversion's peak (4.6 GB).
+        """
+        needed = {source_of(name) for name in names}
+        for cached in ("qat", "pruned", "distilled", "scratch"):
+            if cached not in needed:
+                self.__dict__.pop(cached, None)
+        if "distilled" not in needed or "distilled" in self.__dict__:
+            self.__dict__.pop("teacher_train_probabilities", None)
+
     def source(self, name: str) -> keras.Model:
         return self.inputs.teacher if name == "teacher" else getattr(self, name)
 
@@ -191,7 +211,7 @@ class VariantBuilder:
                 name,
                 "onnx",
                 self.inputs.teacher,
-                lambda ids: onnx_export.predict_onnx(content, ids),
+                onnx_export.onnx_predictor(content),
                 content,
                 info,
             )
