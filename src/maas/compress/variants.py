@@ -170,7 +170,7 @@ class VariantBuilder:
         masks; kept to the end, they stood under the ONNX conversion's peak (4.6 GB).
         """
         needed = {source_of(name) for name in names}
-        for cached in ("qat", "pruned", "distilled", "scratch"):
+        for cached in ("qat", *KERAS_VARIANTS):
             if cached not in needed:
                 self.__dict__.pop(cached, None)
         if "distilled" not in needed or "distilled" in self.__dict__:
